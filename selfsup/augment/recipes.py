@@ -1,0 +1,382 @@
+"""View recipes: declared objects that turn a uint8 batch into the views a method trains on.
+
+A recipe is a list of :class:`ViewSpec` (one per kind of view, with a count), each stating the
+papers' parameters. Sizes default to the stored image size, so the same recipe serves 32 px CIFAR
+and 224 px ImageNet; :func:`create_recipe` fills in the paper's choices for small images (e.g.
+SimCLR's jitter strength 0.5 and no blur on CIFAR).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+
+from ..config import from_dict
+from ..errors import ConfigError, closest
+from . import ops
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+SMALL_IMAGE = 64  # at or below this side, use the CIFAR variants of the recipes
+
+
+@dataclass
+class ViewSpec:
+    """One kind of view: the SimCLR pipeline, in torchvision's order.
+
+    crop -> horizontal flip -> colour jitter (random order per sample, with probability
+    ``jitter_p``) -> grayscale -> Gaussian blur -> solarization -> normalization.
+    """
+
+    size: int = 32  # output side in pixels
+    count: int = 1  # how many views of this kind
+    crop_scale: tuple[float, float] = (0.08, 1.0)  # area fraction of the crop (SimCLR, Inception)
+    crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)  # aspect ratio range of the crop
+    flip_p: float = 0.5
+    jitter_p: float = 0.8
+    brightness: float = 0.4  # factor drawn from [1 - b, 1 + b]
+    contrast: float = 0.4
+    saturation: float = 0.4
+    hue: float = 0.1  # shift drawn from [-h, h] turns
+    grayscale_p: float = 0.2
+    blur_p: float = 0.0
+    blur_sigma: tuple[float, float] = (0.1, 2.0)
+    blur_kernel_fraction: float = 0.1  # kernel side as a fraction of ``size`` (SimCLR: 10%)
+    solarize_p: float = 0.0
+    solarize_threshold: float = 0.5
+    normalize: bool = True
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+
+    def validate(self) -> None:
+        for name in ("flip_p", "jitter_p", "grayscale_p", "blur_p", "solarize_p"):
+            value = getattr(self, name)
+            if not 0.0 <= value <= 1.0:
+                raise ConfigError(f"augmentation {name} must be a probability in [0, 1], got {value}.")
+        if self.size < 1 or self.count < 0:
+            raise ConfigError(f"augmentation size must be >= 1 and count >= 0, got {self.size} and {self.count}.")
+        lo, hi = self.crop_scale
+        if not 0.0 < lo <= hi <= 1.0:
+            raise ConfigError(f"crop_scale must satisfy 0 < min <= max <= 1, got {self.crop_scale}.")
+        if not 0.0 < self.crop_ratio[0] <= self.crop_ratio[1]:
+            raise ConfigError(f"crop_ratio must satisfy 0 < min <= max, got {self.crop_ratio}.")
+        for name in ("brightness", "contrast", "saturation"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"augmentation {name} must be >= 0, got {getattr(self, name)}.")
+        if not 0.0 <= self.hue <= 0.5:
+            raise ConfigError(f"augmentation hue must be in [0, 0.5], got {self.hue}.")
+        if not 0.0 < self.blur_sigma[0] <= self.blur_sigma[1]:
+            raise ConfigError(f"blur_sigma must satisfy 0 < min <= max, got {self.blur_sigma}.")
+
+    # -- parameters -------------------------------------------------------------------------
+    def sample(self, batch: int, height: int, width: int, generator: torch.Generator | None, device: torch.device) -> dict[str, torch.Tensor]:
+        """Draw every random parameter of this view for ``batch`` images."""
+
+        def uniform(lo: float, hi: float) -> torch.Tensor:
+            return torch.empty(batch, device=device).uniform_(lo, hi, generator=generator)
+
+        def coin(p: float) -> torch.Tensor:
+            return torch.rand(batch, device=device, generator=generator) < p
+
+        return {
+            "box": ops.sample_crop_boxes(batch, height, width, self.crop_scale, self.crop_ratio, generator, device),
+            "flip": coin(self.flip_p),
+            "jitter": coin(self.jitter_p),
+            "brightness": uniform(max(0.0, 1 - self.brightness), 1 + self.brightness),
+            "contrast": uniform(max(0.0, 1 - self.contrast), 1 + self.contrast),
+            "saturation": uniform(max(0.0, 1 - self.saturation), 1 + self.saturation),
+            "hue": uniform(-self.hue, self.hue),
+            # torchvision draws a fresh order of the four jitter operations for every call.
+            "order": torch.rand(batch, 4, device=device, generator=generator).argsort(dim=1),
+            "grayscale": coin(self.grayscale_p),
+            "blur": coin(self.blur_p),
+            "sigma": uniform(*self.blur_sigma),
+            "solarize": coin(self.solarize_p),
+        }
+
+    # -- application ------------------------------------------------------------------------
+    def apply(self, x: torch.Tensor, params: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Apply the view to float images ``(B, 3, H, W)`` in [0, 1] with drawn ``params``."""
+        x = ops.resized_crop(x, params["box"], self.size, params["flip"])
+        x = self._jitter(x, params)
+        if self.grayscale_p > 0:
+            x = masked(params["grayscale"], lambda v: ops.rgb_to_grayscale(v).repeat(1, 3, 1, 1), x)
+        if self.blur_p > 0:
+            kernel = ops.gaussian_kernel_size(self.size, self.blur_kernel_fraction)
+            x = masked(params["blur"], lambda v, s: ops.gaussian_blur(v, kernel, s), x, params["sigma"])
+        if self.solarize_p > 0:
+            x = masked(params["solarize"], lambda v: ops.solarize(v, self.solarize_threshold), x)
+        if self.normalize:
+            x = ops.normalize(x, self.mean, self.std)
+        return x
+
+    def _jitter(self, x: torch.Tensor, params: dict[str, torch.Tensor]) -> torch.Tensor:
+        if self.jitter_p <= 0:
+            return x
+        steps = [
+            (self.brightness > 0, ops.adjust_brightness, params["brightness"]),
+            (self.contrast > 0, ops.adjust_contrast, params["contrast"]),
+            (self.saturation > 0, ops.adjust_saturation, params["saturation"]),
+            (self.hue > 0, ops.adjust_hue, params["hue"]),
+        ]
+        for slot in range(4):
+            for op_index, (enabled, fn, factor) in enumerate(steps):
+                if enabled:
+                    mask = params["jitter"] & (params["order"][:, slot] == op_index)
+                    x = masked(mask, fn, x, factor)
+        return x
+
+
+def masked(
+    mask: torch.Tensor, fn: Callable[..., torch.Tensor], x: torch.Tensor, *per_sample: torch.Tensor
+) -> torch.Tensor:
+    """``fn(x, *per_sample)`` on the rows where ``mask`` is true, ``x`` elsewhere.
+
+    On the CPU only the selected rows are computed (work proportional to them; the host sync for
+    their count is free there). On an accelerator ``fn`` runs on the whole batch and
+    ``torch.where`` selects, which avoids a device-to-host sync and keeps the stream asynchronous.
+    Both give the same result (tested). ``x`` must be a tensor this module owns: it is updated in
+    place on the CPU path.
+    """
+    if x.device.type != "cpu":
+        return torch.where(mask.view(-1, 1, 1, 1), fn(x, *per_sample), x)
+    rows = mask.nonzero().flatten()
+    if rows.numel() == 0:
+        return x
+    if rows.numel() == x.shape[0]:
+        return fn(x, *per_sample)
+    x.index_copy_(0, rows, fn(x.index_select(0, rows), *(p[rows] for p in per_sample)))
+    return x
+
+
+@dataclass
+class Recipe:
+    """A named list of view kinds; calling it turns a uint8 batch into a list of views."""
+
+    name: str
+    views: list[ViewSpec]
+
+    @property
+    def num_views(self) -> int:
+        return sum(spec.count for spec in self.views)
+
+    @torch.no_grad()
+    def __call__(self, images: torch.Tensor, generator: torch.Generator | None = None) -> list[torch.Tensor]:
+        """``images``: uint8 ``(B, H, W, 3)``. Returns float views ``(B, 3, size, size)``."""
+        _check_images(images)
+        x = ops.to_float(images)
+        batch, _, height, width = x.shape
+        views = []
+        for spec in self.views:
+            for _ in range(spec.count):
+                views.append(spec.apply(x, spec.sample(batch, height, width, generator, x.device)))
+        return views
+
+    def describe(self) -> dict[str, Any]:
+        return {"name": self.name, "views": [dataclasses.asdict(v) for v in self.views]}
+
+
+def _check_images(images: torch.Tensor) -> None:
+    if not isinstance(images, torch.Tensor) or images.dtype != torch.uint8 or images.dim() != 4 or images.shape[-1] != 3:
+        got = f"{images.dtype} {tuple(images.shape)}" if isinstance(images, torch.Tensor) else type(images).__name__
+        raise ConfigError(f"a recipe takes uint8 images of shape (B, H, W, 3); got {got}.")
+    if images.shape[1] < 2 or images.shape[2] < 2:
+        raise ConfigError(f"images of {images.shape[1]}x{images.shape[2]} px are too small to augment (need >= 2x2).")
+
+
+# CMC's normalisation of Lab: L in [0, 100], a in about [-86.2, 98.2], b in about [-107.9, 94.5],
+# each mapped to about [-1, 1] (the constants of the official code).
+_LAB_MEAN = (50.0, (-86.183 + 98.233) / 2, (-107.857 + 94.478) / 2)
+_LAB_HALF_RANGE = (50.0, (86.183 + 98.233) / 2, (107.857 + 94.478) / 2)
+
+
+@dataclass
+class LabRecipe(Recipe):
+    """CMC's two views of one crop: the L channel and the ab channels of CIE Lab
+    (Tian et al. 2019, arXiv 1906.05849)."""
+
+    @torch.no_grad()
+    def __call__(self, images: torch.Tensor, generator: torch.Generator | None = None) -> list[torch.Tensor]:
+        views = []
+        for rgb in super().__call__(images, generator):
+            lab = ops.rgb_to_lab(rgb)
+            mean = torch.tensor(_LAB_MEAN, device=lab.device).view(1, 3, 1, 1)
+            half = torch.tensor(_LAB_HALF_RANGE, device=lab.device).view(1, 3, 1, 1)
+            lab = (lab - mean) / half
+            views += [lab[:, :1].contiguous(), lab[:, 1:].contiguous()]
+        return views
+
+    @property
+    def num_views(self) -> int:
+        return 2 * super().num_views
+
+
+@dataclass
+class PatchRecipe(Recipe):
+    """CPC's grid of overlapping patches, each augmented on its own (Hénaff et al. 2019,
+    arXiv 1905.09272). ``views[0]`` describes the whole-image crop, ``views[1]`` the per-patch
+    augmentation (its ``size`` is the patch side fed to the encoder)."""
+
+    patch_size: int = 8
+    stride: int = 4
+    channel_drop_p: float = 0.0  # CPC v2's colour dropping: keep one random channel (gray image)
+
+    @torch.no_grad()
+    def __call__(self, images: torch.Tensor, generator: torch.Generator | None = None) -> list[torch.Tensor]:
+        _check_images(images)
+        whole, per_patch = self.views
+        x = ops.to_float(images)
+        batch, _, height, width = x.shape
+        x = whole.apply(x, whole.sample(batch, height, width, generator, x.device))
+        patches = x.unfold(2, self.patch_size, self.stride).unfold(3, self.patch_size, self.stride)
+        grid_h, grid_w = patches.shape[2], patches.shape[3]
+        flat = patches.permute(0, 2, 3, 1, 4, 5).reshape(-1, 3, self.patch_size, self.patch_size).contiguous()
+        n = flat.shape[0]
+        out = per_patch.apply(flat, per_patch.sample(n, self.patch_size, self.patch_size, generator, flat.device))
+        if self.channel_drop_p > 0:
+            keep = torch.randint(0, 3, (n,), device=flat.device, generator=generator)
+            drop = torch.rand(n, device=flat.device, generator=generator) < self.channel_drop_p
+            single = out.gather(1, keep.view(-1, 1, 1, 1).expand(-1, 1, *out.shape[2:])).expand_as(out)
+            out = torch.where(drop.view(-1, 1, 1, 1), single, out)
+        return [out.view(batch, grid_h, grid_w, 3, per_patch.size, per_patch.size)]
+
+    def grid_shape(self, image_size: int) -> tuple[int, int]:
+        side = (self.views[0].size - self.patch_size) // self.stride + 1
+        return side, side
+
+
+# ------------------------------------------------------------------------------------------
+# Recipe builders: the papers' parameters, scaled for small images.
+# ------------------------------------------------------------------------------------------
+
+
+def _spec(overrides: dict[str, Any], **fields: Any) -> ViewSpec:
+    merged = {**fields, **overrides}
+    return from_dict(ViewSpec, merged, "augment")
+
+
+def simclr(image_size: int, **overrides: Any) -> Recipe:
+    """SimCLR (Chen et al. 2020, arXiv 2002.05709, appendix A): crop (0.08, 1), flip, colour
+    jitter with strength s (0.8s, 0.8s, 0.8s, 0.2s) applied with p=0.8 (s=1 on ImageNet, 0.5 on
+    CIFAR), grayscale p=0.2, Gaussian blur p=0.5 on ImageNet only (not used on CIFAR)."""
+    small = image_size <= SMALL_IMAGE
+    s = 0.5 if small else 1.0
+    spec = _spec(
+        overrides,
+        size=image_size,
+        count=2,
+        brightness=0.8 * s,
+        contrast=0.8 * s,
+        saturation=0.8 * s,
+        hue=0.2 * s,
+        blur_p=0.0 if small else 0.5,
+    )
+    return Recipe("simclr", [spec])
+
+
+def byol(image_size: int, **overrides: Any) -> Recipe:
+    """BYOL's asymmetric views (Grill et al. 2020, arXiv 2006.07733, table 6): jitter
+    (0.4, 0.4, 0.2, 0.1) p=0.8, grayscale 0.2, blur p=1.0 / 0.1, solarization p=0.0 / 0.2.
+    On small images blur is off in both views, as in the CIFAR recipes of solo-learn and lightly."""
+    small = image_size <= SMALL_IMAGE
+    common = dict(size=image_size, brightness=0.4, contrast=0.4, saturation=0.2, hue=0.1)
+    first = _spec(overrides, **common, blur_p=0.0 if small else 1.0, solarize_p=0.0)
+    second = _spec(overrides, **common, blur_p=0.0 if small else 0.1, solarize_p=0.2)
+    return Recipe("byol", [first, second])
+
+
+def multicrop(
+    image_size: int,
+    num_local: int = 6,
+    local_size: int | None = None,
+    global_scale: tuple[float, float] = (0.14, 1.0),
+    local_scale: tuple[float, float] = (0.05, 0.14),
+    **overrides: Any,
+) -> Recipe:
+    """Multi-crop (SwAV, Caron et al. 2020, arXiv 2006.09882): 2 global views at the full size
+    with scale (0.14, 1) and ``num_local`` local views at 96/224 of it with scale (0.05, 0.14).
+    The colour pipeline is BYOL's (as in DINO); blur only on large images."""
+    small = image_size <= SMALL_IMAGE
+    if local_size is None:
+        local_size = max(8, 8 * round(image_size * 96 / 224 / 8))
+    common = dict(brightness=0.4, contrast=0.4, saturation=0.2, hue=0.1)
+    globals_ = _spec(
+        overrides, **common, size=image_size, count=2, crop_scale=tuple(global_scale), blur_p=0.0 if small else 0.5
+    )
+    locals_ = _spec(
+        overrides, **common, size=local_size, count=num_local, crop_scale=tuple(local_scale), blur_p=0.0 if small else 0.5
+    )
+    return Recipe("multicrop", [globals_, locals_])
+
+
+def cmc_lab(image_size: int, **overrides: Any) -> Recipe:
+    """CMC (Tian et al. 2019): crop (0.2, 1) and flip, then the L and ab channels of CIE Lab."""
+    spec = _spec(
+        overrides,
+        size=image_size,
+        count=1,
+        crop_scale=(0.2, 1.0),
+        jitter_p=0.0,
+        grayscale_p=0.0,
+        normalize=False,
+    )
+    return LabRecipe("cmc_lab", [spec])
+
+
+def cpc_patches(
+    image_size: int,
+    patch_size: int | None = None,
+    stride: int | None = None,
+    channel_drop_p: float = 0.5,
+    **overrides: Any,
+) -> Recipe:
+    """CPC v2's patch grid (Hénaff et al. 2019): patches of a quarter of the crop side with 50%
+    overlap (for 32 px: 8 px patches, stride 4, a 7x7 grid), each with its own flip, colour jitter
+    and colour dropping; the whole image first gets a mild random crop."""
+    patch_size = patch_size or max(4, image_size // 4)
+    stride = stride or max(1, patch_size // 2)
+    if patch_size > image_size:
+        raise ConfigError(f"cpc patch_size {patch_size} is larger than the image ({image_size} px).")
+    whole = _spec({}, size=image_size, crop_scale=(0.6, 1.0), flip_p=0.5, jitter_p=0.0, grayscale_p=0.0, normalize=False)
+    per_patch = _spec(overrides, size=patch_size, crop_scale=(0.6, 1.0), grayscale_p=0.0)
+    return PatchRecipe("cpc_patches", [whole, per_patch], patch_size=patch_size, stride=stride, channel_drop_p=channel_drop_p)
+
+
+RECIPES: dict[str, Callable[..., Recipe]] = {
+    "simclr": simclr,
+    "byol": byol,
+    "multicrop": multicrop,
+    "cmc_lab": cmc_lab,
+    "cpc_patches": cpc_patches,
+}
+
+
+def available_recipes() -> list[str]:
+    return sorted(RECIPES)
+
+
+def register_recipe(name: str) -> Callable[[Callable[..., Recipe]], Callable[..., Recipe]]:
+    def decorator(builder: Callable[..., Recipe]) -> Callable[..., Recipe]:
+        RECIPES[name] = builder
+        return builder
+
+    return decorator
+
+
+def create_recipe(name: str, image_size: int, **overrides: Any) -> Recipe:
+    """Build recipe ``name`` for images of ``image_size`` px; ``overrides`` set the builder's own
+    parameters (e.g. ``num_local``) or any :class:`ViewSpec` field on every view."""
+    if name not in RECIPES:
+        raise ConfigError(f"unknown augmentation recipe '{name}'.{closest(name, RECIPES)} Available: {', '.join(available_recipes())}.")
+    import inspect
+
+    builder = RECIPES[name]
+    own = [p for p in inspect.signature(builder).parameters if p not in ("image_size", "overrides")]
+    valid = own + [f.name for f in dataclasses.fields(ViewSpec)]
+    for key in overrides:
+        if key not in valid:
+            raise ConfigError(f"unknown augmentation key '{key}' for recipe '{name}'.{closest(key, valid)} Valid keys: {', '.join(valid)}.")
+    return builder(image_size, **overrides)

@@ -1,0 +1,282 @@
+"""The ``selfsup`` command: thin wrappers that parse arguments and call the engine and evaluation.
+
+User errors (:class:`~selfsup.errors.SelfsupError`) print one clear message and exit with status 2,
+without a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+from .errors import SelfsupError
+
+EPILOG_TRAIN = """\
+examples:
+  selfsup train                                   # SimCLR on the built-in digits (~2 min on a CPU)
+  selfsup train --data cifar10 --epochs 200       # SimCLR, ResNet-18, CIFAR-10
+  selfsup train --config simclr_cifar10 lr=0.4 method.temperature=0.2
+  selfsup train --data ~/photos --image-size 96   # your own folder of images (labels optional)
+  selfsup train --name myrun --resume             # continue a run from its last checkpoint
+
+key=value overrides set any config field (see the resolved config.yaml of a run);
+method.<field>, augment.<field> and backbone.<arg> set the method's config, the
+augmentation recipe and the backbone's arguments.
+"""
+
+
+def _add_train(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "train", help="pretrain a backbone with a self-supervised method",
+        description="Pretrain a backbone without labels; prints kNN accuracy against the random-init backbone.",
+        epilog=EPILOG_TRAIN, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--config", help="a YAML config file or the name of a bundled one (e.g. simclr_cifar10)")
+    p.add_argument("--method", help="method name (see `selfsup methods`); default simclr")
+    p.add_argument("--data", help="digits | cifar10 | cifar100 | a folder of images | a packed .npz; default digits")
+    p.add_argument("--data-dir", help="folder searched first for built-in datasets")
+    p.add_argument("--val-data", help="labelled folder for kNN monitoring of a folder source")
+    p.add_argument("--backbone", help="backbone name (resnet18, resnet50, tiny, vit_small, ...)")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--batch-size", type=int, help="global batch size")
+    p.add_argument("--lr", type=float, help="base learning rate per 256 images")
+    p.add_argument("--image-size", type=int, help="stored side of folder images (default 64)")
+    p.add_argument("--device", help="auto | cpu | cuda | cuda:N")
+    p.add_argument("--name", help="run name (folder under --run-dir)")
+    p.add_argument("--run-dir", help="parent folder of runs (default runs)")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--resume", action="store_true", help="continue the run --name from its newest good checkpoint")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="any config field, e.g. lr=0.3 method.temperature=0.2")
+    p.set_defaults(func=cmd_train)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .engine import build_config, train
+
+    values = {
+        "method": args.method, "data": args.data, "data_dir": args.data_dir, "val_data": args.val_data,
+        "backbone": args.backbone, "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr,
+        "image_size": args.image_size, "device": args.device, "name": args.name, "run_dir": args.run_dir,
+        "seed": args.seed,
+    }
+    config = build_config(args.config, values, args.overrides)
+    if args.resume and not config.name:
+        raise SelfsupError("--resume needs --name: the run to continue.")
+    summary = train(config, resume=args.resume)
+    _print_summary(summary)
+    return 0
+
+
+def _pct(value: float | None) -> str:
+    return "n/a" if value is None else f"{100 * value:.2f}%"
+
+
+def _print_summary(summary: dict[str, Any]) -> None:
+    print(f"run: {summary['run_dir']}")
+    print(
+        f"{summary['method']} / {summary['backbone']} on {summary['data']}: {summary['epochs']} epochs, "
+        f"{summary['steps']} steps, {summary['wall_time_s']:.0f} s, {summary['images_per_s']:.0f} images/s ({summary['device']})"
+    )
+    if summary.get("knn_top1") is not None:
+        print(
+            f"kNN top-1 (k=200): learned {_pct(summary['knn_top1'])} vs random-init {_pct(summary['knn_random_top1'])}"
+            f" (best during training {_pct(summary['best_knn_top1'])})"
+        )
+    else:
+        print("kNN: not evaluated (no labelled test split; pass --val-data to monitor a folder source)")
+
+
+def _add_eval(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("eval", help="evaluate a run: knn or linear probe on frozen features")
+    esub = p.add_subparsers(dest="probe", required=True, metavar="{knn,linear}")
+    for probe, text in (("knn", "weighted kNN on frozen features (k=200, T=0.1)"), ("linear", "linear probe on frozen features")):
+        q = esub.add_parser(probe, help=text, description=f"{text}, beside the same probe on the random-init backbone.")
+        q.add_argument("run", help="a run directory or a checkpoint file")
+        q.add_argument("--data", help="labelled source to probe on (default: the run's data)")
+        q.add_argument("--data-dir")
+        q.add_argument("--device", default="auto")
+        q.add_argument("--train-subset", type=int, help="use a fixed random subset of the training split")
+        q.add_argument("--test-subset", type=int, help="use a fixed random subset of the test split")
+        q.add_argument("--no-baseline", action="store_true", help="skip the random-init baseline")
+        q.add_argument("--json", action="store_true", help="print the result as JSON")
+        if probe == "knn":
+            q.add_argument("--k", type=int, default=200)
+            q.add_argument("--temperature", type=float, default=0.1)
+        else:
+            q.add_argument("--epochs", type=int, default=100, help="epochs of the linear classifier")
+        q.set_defaults(func=cmd_eval)
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from .engine import evaluate
+
+    result = evaluate(
+        args.run, probe=args.probe, data=args.data, data_dir=args.data_dir, device=args.device,
+        k=getattr(args, "k", 200), temperature=getattr(args, "temperature", 0.1),
+        linear_epochs=getattr(args, "epochs", 100), train_subset=args.train_subset,
+        test_subset=args.test_subset, baseline=not args.no_baseline,
+    )
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return 0
+    learned, random = result["learned"], result.get("random")
+    line = f"{args.probe} on {result['data']}: top-1 {_pct(learned['top1'])}, top-5 {_pct(learned['top5'])}"
+    if random:
+        line += f"  (random-init: top-1 {_pct(random['top1'])}, top-5 {_pct(random['top5'])})"
+    print(line)
+    return 0
+
+
+def _add_methods(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("methods", help="list the methods, with one line each")
+    p.set_defaults(func=cmd_methods)
+    p = sub.add_parser("backbones", help="list the backbones")
+    p.set_defaults(func=cmd_backbones)
+
+
+def cmd_methods(args: argparse.Namespace) -> int:
+    from .methods import descriptions
+
+    items = descriptions()
+    width = max(map(len, items))
+    for name, text in items.items():
+        print(f"{name:<{width}}  {text}")
+    return 0
+
+
+def cmd_backbones(args: argparse.Namespace) -> int:
+    from .nn import available_backbones
+
+    print("\n".join(available_backbones()))
+    return 0
+
+
+def _add_data(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("data", help="look at data and augmentations; pack datasets")
+    dsub = p.add_subparsers(dest="data_command", required=True, metavar="{preview,pack,info}")
+    q = dsub.add_parser("preview", help="write a picture of images and their augmented views")
+    q.add_argument("--data", default="digits")
+    q.add_argument("--data-dir")
+    q.add_argument("--recipe", default="simclr", help="simclr | byol | multicrop | cmc_lab | cpc_patches")
+    q.add_argument("--image-size", type=int)
+    q.add_argument("--count", type=int, default=8, help="how many images")
+    q.add_argument("--seed", type=int, default=0)
+    q.add_argument("--out", default="views.png")
+    q.add_argument("overrides", nargs="*", metavar="key=value", help="recipe fields, e.g. crop_scale=[0.2,1]")
+    q.set_defaults(func=cmd_preview)
+    q = dsub.add_parser("pack", help="write any source into one packed .npz (encoded images + offsets + labels)")
+    q.add_argument("source", help="digits | cifar10 | cifar100 | a folder | a packed .npz")
+    q.add_argument("out", help="output .npz file")
+    q.add_argument("--data-dir")
+    q.add_argument("--image-size", type=int, help="resize (shorter side) and centre-crop folder images to this")
+    q.add_argument("--format", choices=("jpeg", "png"), default="jpeg")
+    q.add_argument("--quality", type=int, default=95)
+    q.set_defaults(func=cmd_pack)
+    q = dsub.add_parser("info", help="describe a data source")
+    q.add_argument("source")
+    q.add_argument("--data-dir")
+    q.set_defaults(func=cmd_info)
+
+
+def cmd_preview(args: argparse.Namespace) -> int:
+    import torch
+
+    from .augment import create_recipe
+    from .augment.preview import preview_grid
+    from .config import parse_overrides
+    from .data import load_dataset
+
+    dataset = load_dataset(args.data, "train", data_dir=args.data_dir, image_size=args.image_size, limit=max(args.count, 1), seed=args.seed)
+    recipe = create_recipe(args.recipe, int(dataset.image_size), **parse_overrides(args.overrides))
+    picture = preview_grid(dataset.images[: args.count], recipe, seed=args.seed, scale=max(1, 96 // int(dataset.image_size)))
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    picture.save(out)
+    print(f"wrote {out} ({args.count} images from {args.data}, recipe {args.recipe}: {recipe.num_views} views each)")
+    del torch
+    return 0
+
+
+def cmd_pack(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from .data import load_dataset, write_packed
+    from .errors import DataError
+
+    splits = {}
+    classes: list[str] = []
+    for split in ("train", "test"):
+        try:
+            dataset = load_dataset(args.source, split, data_dir=args.data_dir, image_size=args.image_size)
+        except DataError:
+            if split == "train":
+                raise
+            continue
+        if dataset.streamed:
+            from .data.imageset import decode_to_array
+
+            images = (decode_to_array(p, dataset.image_size) for p in dataset.paths or [])
+        else:
+            images = (img.numpy() for img in dataset.images)
+        splits[split] = (images, dataset.labels.numpy(), len(dataset))
+        classes = classes or dataset.classes
+        if Path(args.source).is_dir():
+            break  # a folder has one split
+    total = sum(n for _, _, n in splits.values())
+    with tqdm(total=total, unit="img", desc=f"packing {args.source}", file=sys.stderr) as bar:
+        out = write_packed(
+            args.out, {s: (imgs, labels) for s, (imgs, labels, _) in splits.items()}, classes,
+            fmt=args.format, quality=args.quality, progress=bar.update,
+        )
+    size = out.stat().st_size / 2**20
+    print(f"wrote {out}: {', '.join(f'{s} {n}' for s, (_, _, n) in splits.items())} images, {size:.1f} MiB")
+    return 0
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    from .data import load_dataset
+
+    dataset = load_dataset(args.source, "train", data_dir=args.data_dir)
+    print(f"{args.source}: {len(dataset)} training images of {dataset.image_size} px, {dataset.num_classes} classes")
+    if dataset.classes:
+        print("classes: " + ", ".join(dataset.classes[:20]) + (" ..." if len(dataset.classes) > 20 else ""))
+    return 0
+
+
+_EXTRA_COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = []
+
+
+def register_command(add: Callable[[argparse._SubParsersAction], None]) -> Callable[[argparse._SubParsersAction], None]:
+    """Let a module add a subcommand (export, report, ...) without growing this file."""
+    _EXTRA_COMMANDS.append(add)
+    return add
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="selfsup", description="Self-supervised visual representation learning: every method on one engine."
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="command")
+    for add in (_add_train, _add_eval, _add_methods, _add_data, *_EXTRA_COMMANDS):
+        add(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except SelfsupError as exc:
+        print(f"selfsup: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("selfsup: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

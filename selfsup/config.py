@@ -1,0 +1,188 @@
+"""Typed configuration: dataclasses built from dicts, YAML files and ``key=value`` overrides.
+
+As in nanoGPT, a configuration is a dataclass and an unknown key is an error (with the closest
+valid key suggested and all valid keys listed): a typo never silently falls back to a default,
+which is one of the complaints users of other libraries raise most often.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+from .errors import ConfigError, closest
+
+T = TypeVar("T")
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def coerce(value: Any, tp: Any, where: str) -> Any:
+    """Check ``value`` against the annotation ``tp`` and convert what is safe (int -> float,
+    list -> tuple); raise :class:`ConfigError` naming ``where`` otherwise."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if tp is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        errors = []
+        for option in args:
+            try:
+                return coerce(value, option, where)
+            except ConfigError as exc:
+                errors.append(str(exc))
+        real = [a for a in args if a is not type(None)]
+        if len(real) == 1:  # Optional[X]: X's own message says best what is expected
+            raise ConfigError(errors[args.index(real[0])].rstrip(".") + " (or null).")
+        raise ConfigError(
+            f"{where}: {value!r} is not a valid value; expected {' or '.join(_type_name(a) for a in args)}."
+        )
+    if tp is type(None):
+        if value is None:
+            return None
+        raise ConfigError(f"{where}: expected null, got {value!r}.")
+    if origin is typing.Literal:
+        if value in args:
+            return value
+        raise ConfigError(
+            f"{where}: {value!r} is not one of {', '.join(repr(a) for a in args)}.{closest(str(value), map(str, args))}"
+        )
+    if origin in (tuple, list):
+        if isinstance(value, (list, tuple)):
+            if origin is tuple and args and args[-1] is not Ellipsis:
+                if len(value) != len(args):
+                    raise ConfigError(f"{where}: expected {len(args)} values, got {len(value)} ({value!r}).")
+                return tuple(coerce(v, a, f"{where}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
+            inner = args[0] if args else Any
+            items = [coerce(v, inner, f"{where}[{i}]") for i, v in enumerate(value)]
+            return tuple(items) if origin is tuple else items
+        raise ConfigError(f"{where}: expected a list, got {value!r}.")
+    if origin is dict:
+        if isinstance(value, dict):
+            return dict(value)
+        raise ConfigError(f"{where}: expected a mapping, got {value!r}.")
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{where}: expected true or false, got {value!r}.")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        raise ConfigError(f"{where}: expected an integer, got {value!r}.")
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise ConfigError(f"{where}: expected a number, got {value!r}.")
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        raise ConfigError(f"{where}: expected a string, got {value!r}.")
+    if dataclasses.is_dataclass(tp):
+        if isinstance(value, tp):
+            return value
+        if isinstance(value, dict):
+            return from_dict(tp, value, where)
+        raise ConfigError(f"{where}: expected a mapping of {tp.__name__} fields, got {value!r}.")
+    return value
+
+
+def field_names(cls: type) -> list[str]:
+    return [f.name for f in dataclasses.fields(cls)]
+
+
+def unknown_key_error(key: str, valid: list[str], where: str) -> ConfigError:
+    return ConfigError(
+        f"unknown key '{key}' in {where}.{closest(key, valid)} Valid keys: {', '.join(valid)}."
+    )
+
+
+def from_dict(cls: type[T], data: dict[str, Any], where: str | None = None) -> T:
+    """Build dataclass ``cls`` from ``data``; unknown keys and wrong types are errors."""
+    where = where or cls.__name__
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: expected a mapping of keys to values, got {data!r}.")
+    hints = typing.get_type_hints(cls)
+    valid = field_names(cls)
+    kwargs = {}
+    for key, value in data.items():
+        if key not in valid:
+            raise unknown_key_error(str(key), valid, where)
+        kwargs[key] = coerce(value, hints[key], f"{where}.{key}")
+    obj = cls(**kwargs)
+    check = getattr(obj, "validate", None)
+    if callable(check):
+        check()
+    return obj
+
+
+def to_dict(obj: Any) -> Any:
+    """A dataclass as plain dicts, lists and scalars (for YAML and checkpoints)."""
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, (list, tuple)):
+        return [to_dict(v) for v in obj]
+    if isinstance(obj, dict):
+        return {k: to_dict(v) for k, v in obj.items()}
+    if isinstance(obj, Path):
+        return str(obj)
+    return obj
+
+
+def parse_value(text: str) -> Any:
+    """A command-line value as YAML: ``0.5`` -> float, ``true`` -> bool, ``[0.2,1]`` -> list."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def parse_overrides(items: list[str]) -> dict[str, Any]:
+    """``["lr=0.3", "method.temperature=0.2"]`` -> nested dict ``{"lr": 0.3, "method": {...}}``."""
+    out: dict[str, Any] = {}
+    for item in items:
+        if "=" not in item:
+            raise ConfigError(f"override '{item}' is not of the form key=value (e.g. lr=0.3).")
+        key, text = item.split("=", 1)
+        key = key.strip().lstrip("-").replace("-", "_")
+        if not key:
+            raise ConfigError(f"override '{item}' has an empty key.")
+        node = out
+        parts = key.split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override '{item}' sets a field inside '{part}', which is a value.")
+        node[parts[-1]] = parse_value(text)
+    return out
+
+
+def deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file '{path}' does not exist.")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file '{path}' is not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file '{path}' must hold a mapping of keys to values.")
+    return data

@@ -1,0 +1,152 @@
+"""Checkpoints: written atomically, read without executing code.
+
+A checkpoint is a ``torch.save`` archive of tensors and plain values only, so it loads with
+``torch.load(weights_only=True)``: a crafted pickle cannot run code. It is written to a temporary
+file in the same folder, flushed to disk, then renamed over the final name, so a crash mid-write
+never leaves a half-written file under a name that resume would pick. Each file also records a
+SHA-256 of its payload beside it (``.sha256``), so silent corruption is detected too.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..errors import CheckpointError
+
+FORMAT = "selfsup-checkpoint"
+VERSION = 1
+_NAME = re.compile(r"^step-(\d{9})\.pt$")
+
+
+def checkpoint_dir(run_dir: str | Path) -> Path:
+    return Path(run_dir) / "checkpoints"
+
+
+def checkpoint_path(run_dir: str | Path, step: int) -> Path:
+    return checkpoint_dir(run_dir) / f"step-{step:09d}.pt"
+
+
+def _fsync_dir(directory: Path) -> None:
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write_bytes(path: Path, payload: bytes) -> None:
+    """Write ``payload`` to ``path`` via a temporary file and rename; the old file stays intact
+    if anything fails (disk full, permissions, a kill) before the rename."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "wb") as handle:
+            handle.write(payload)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            tmp.unlink()
+        except OSError:
+            pass
+        raise
+    _fsync_dir(path.parent)
+
+
+def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
+    """Save ``state`` (tensors and plain values) atomically with a checksum beside it."""
+    path = Path(path)
+    buffer = io.BytesIO()
+    torch.save({"format": FORMAT, "version": VERSION, **state}, buffer)
+    payload = buffer.getvalue()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(path, payload)
+        atomic_write_bytes(path.with_name(path.name + ".sha256"), hashlib.sha256(payload).hexdigest().encode())
+    except OSError as exc:
+        raise CheckpointError(
+            f"could not write checkpoint '{path}': {exc.strerror or exc}. The previous checkpoint is intact; "
+            "free disk space or fix the folder's permissions, then resume."
+        ) from None
+    return path
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Load a checkpoint safely (``weights_only=True``), verifying its checksum when present."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint '{path}' does not exist.")
+    payload = path.read_bytes()
+    digest_file = path.with_name(path.name + ".sha256")
+    if digest_file.is_file():
+        expected = digest_file.read_text().strip()
+        if hashlib.sha256(payload).hexdigest() != expected:
+            raise CheckpointError(f"checkpoint '{path}' is corrupted (its SHA-256 does not match '{digest_file.name}').")
+    try:
+        state = torch.load(io.BytesIO(payload), map_location=map_location, weights_only=True)
+    except Exception as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if "weights_only" in str(exc) or "Unsupported global" in str(exc):
+            raise CheckpointError(
+                f"refusing to load '{path}': it contains Python objects that would run code when unpickled "
+                f"({first[:200]}). Only tensor checkpoints are loaded."
+            ) from None
+        raise CheckpointError(f"checkpoint '{path}' cannot be read (truncated or corrupted?): {first[:200]}") from None
+    if not isinstance(state, dict):
+        raise CheckpointError(f"'{path}' is not a selfsup checkpoint (it holds a {type(state).__name__}).")
+    return state
+
+
+def list_checkpoints(run_dir: str | Path) -> list[Path]:
+    """The run's checkpoints, newest (highest step) first."""
+    directory = checkpoint_dir(run_dir)
+    if not directory.is_dir():
+        return []
+    found = [p for p in directory.iterdir() if _NAME.match(p.name)]
+    return sorted(found, key=lambda p: int(_NAME.match(p.name).group(1)), reverse=True)
+
+
+def latest_good_checkpoint(run_dir: str | Path, map_location: str | torch.device = "cpu") -> tuple[Path, dict[str, Any]] | None:
+    """The newest checkpoint that loads; a damaged newer one is reported and skipped."""
+    import sys
+
+    for path in list_checkpoints(run_dir):
+        try:
+            return path, load_checkpoint(path, map_location)
+        except CheckpointError as exc:
+            print(f"selfsup: {exc} Falling back to the previous checkpoint.", file=sys.stderr)
+    return None
+
+
+def prune_checkpoints(run_dir: str | Path, keep: int) -> None:
+    for path in list_checkpoints(run_dir)[keep:]:
+        for victim in (path, path.with_name(path.name + ".sha256")):
+            try:
+                victim.unlink()
+            except OSError:
+                pass
+
+
+def resolve_checkpoint(path_or_run: str | Path) -> Path:
+    """A checkpoint file, or a run directory (its newest checkpoint)."""
+    path = Path(path_or_run)
+    if path.is_file():
+        return path
+    if path.is_dir():
+        found = list_checkpoints(path)
+        if found:
+            return found[0]
+        raise CheckpointError(f"run '{path}' has no checkpoint yet (looked in {checkpoint_dir(path)}).")
+    raise CheckpointError(f"'{path}' is neither a checkpoint file nor a run directory.")

@@ -1,0 +1,144 @@
+"""Optimizers (SGD, LARS, AdamW) and per-step schedules computed up front (as in DINO)."""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Iterable
+
+import numpy as np
+import torch
+
+from ..errors import ConfigError
+
+
+class LARS(torch.optim.Optimizer):
+    """LARS as SimCLR and BYOL use it (You et al. 2017, arXiv 1708.03888; SimCLR appendix B.1).
+
+    For each parameter the update is SGD with momentum on ``g + wd * w``, scaled by the trust
+    ratio ``eta * |w| / |g + wd * w|``. Groups with ``lars_exclude=True`` (biases and
+    normalization weights) get neither weight decay nor the trust ratio, as in the official code.
+    """
+
+    def __init__(
+        self,
+        params: Iterable[Any],
+        lr: float,
+        momentum: float = 0.9,
+        weight_decay: float = 0.0,
+        eta: float = 0.001,
+        nesterov: bool = False,
+    ) -> None:
+        defaults = dict(lr=lr, momentum=momentum, weight_decay=weight_decay, eta=eta, nesterov=nesterov, lars_exclude=False)
+        super().__init__(params, defaults)
+
+    @torch.no_grad()
+    def step(self, closure: Any = None) -> Any:
+        loss = closure() if closure is not None else None
+        for group in self.param_groups:
+            params = [p for p in group["params"] if p.grad is not None]
+            if not params:
+                continue
+            grads = [p.grad for p in params]
+            if not group["lars_exclude"]:
+                if group["weight_decay"]:
+                    grads = torch._foreach_add(grads, params, alpha=group["weight_decay"])
+                param_norms = torch._foreach_norm(params)
+                grad_norms = torch._foreach_norm(grads)
+                scales = []
+                for w_norm, g_norm in zip(param_norms, grad_norms):
+                    trust = group["eta"] * w_norm / g_norm
+                    scales.append(torch.where((w_norm > 0) & (g_norm > 0), trust, torch.ones_like(trust)))
+                grads = torch._foreach_mul(grads, scales)
+            for p, g in zip(params, grads):
+                state = self.state[p]
+                buf = state.get("momentum_buffer")
+                if buf is None:
+                    buf = state["momentum_buffer"] = torch.clone(g).detach()
+                else:
+                    buf.mul_(group["momentum"]).add_(g)
+                update = g.add(buf, alpha=group["momentum"]) if group["nesterov"] else buf
+                p.add_(update, alpha=-group["lr"])
+        return loss
+
+
+def split_decay(named_params: Iterable[tuple[str, torch.nn.Parameter]]) -> tuple[list, list]:
+    """Weights of linear and conv layers vs biases and normalization parameters (ndim <= 1)."""
+    decay, no_decay = [], []
+    for _, param in named_params:
+        if not param.requires_grad:
+            continue
+        (no_decay if param.ndim <= 1 else decay).append(param)
+    return decay, no_decay
+
+
+def build_optimizer(
+    groups: list[dict[str, Any]], name: str, lr: float, weight_decay: float, momentum: float = 0.9, betas: tuple[float, float] = (0.9, 0.999)
+) -> torch.optim.Optimizer:
+    """Build the optimizer over a method's parameter groups.
+
+    LARS and AdamW exclude biases and normalization parameters from weight decay (and LARS from
+    adaptation), as SimCLR, BYOL and DINO do; SGD decays all parameters, as MoCo and SimSiam do.
+    Every group records its ``base_lr`` and ``base_wd`` for the schedules.
+    """
+    torch_groups = []
+    for group in groups:
+        options = {k: v for k, v in group.items() if k != "params"}
+        params = [p for p in group["params"] if p.requires_grad]
+        if name in ("lars", "adamw"):
+            decay = [p for p in params if p.ndim > 1]
+            no_decay = [p for p in params if p.ndim <= 1]
+            if decay:
+                torch_groups.append({"params": decay, **options, "weight_decay": weight_decay, "lars_exclude": False})
+            if no_decay:
+                torch_groups.append({"params": no_decay, **options, "weight_decay": 0.0, "lars_exclude": True})
+        elif params:
+            torch_groups.append({"params": params, **options, "weight_decay": weight_decay})
+    for group in torch_groups:
+        group.setdefault("fixed_lr", False)
+        group["base_lr"] = lr
+        group["base_wd"] = group["weight_decay"]
+        group["lr"] = lr
+    if name == "sgd":
+        for group in torch_groups:
+            group.pop("lars_exclude", None)
+        return torch.optim.SGD(torch_groups, lr=lr, momentum=momentum, weight_decay=weight_decay)
+    if name == "lars":
+        return LARS(torch_groups, lr=lr, momentum=momentum, weight_decay=weight_decay)
+    if name == "adamw":
+        for group in torch_groups:
+            group.pop("lars_exclude", None)
+        return torch.optim.AdamW(torch_groups, lr=lr, weight_decay=weight_decay, betas=betas)
+    raise ConfigError(f"unknown optimizer '{name}'; use sgd, lars or adamw.")
+
+
+def scaled_lr(base_lr: float, batch_size: int, rule: str = "linear") -> float:
+    """The papers' batch-size scaling: ``base * B / 256`` (linear; SimCLR, MoCo, BYOL, DINO),
+    ``base * sqrt(B) / 16`` (square root; SimCLR's small-batch variant, so that B=256 is the same)."""
+    if rule == "linear":
+        return base_lr * batch_size / 256
+    if rule == "sqrt":
+        return base_lr * math.sqrt(batch_size) / 16
+    if rule == "none":
+        return base_lr
+    raise ConfigError(f"unknown lr_scaling '{rule}'; use linear, sqrt or none.")
+
+
+def cosine_schedule(
+    peak: float, final: float, total_steps: int, warmup_steps: int = 0, warmup_start: float = 0.0
+) -> np.ndarray:
+    """Per-step values: linear warmup from ``warmup_start`` to ``peak``, then half-cosine to ``final``."""
+    warmup_steps = min(warmup_steps, total_steps)
+    warmup = np.linspace(warmup_start, peak, warmup_steps, endpoint=False) if warmup_steps else np.zeros(0)
+    rest = total_steps - warmup_steps
+    t = np.arange(rest)
+    cosine = final + 0.5 * (peak - final) * (1 + np.cos(np.pi * t / max(rest, 1)))
+    return np.concatenate((warmup, cosine)).astype(np.float64)
+
+
+def apply_schedule(optimizer: torch.optim.Optimizer, lr: float, wd: float | None, base_wd: float | None = None) -> None:
+    """Set the learning rate (and weight decay, if scheduled) of every group for this step."""
+    for group in optimizer.param_groups:
+        if not group.get("fixed_lr"):
+            group["lr"] = lr
+        if wd is not None and group.get("base_wd", 0.0) > 0:
+            group["weight_decay"] = wd

@@ -1,0 +1,401 @@
+"""The training loop: a plain PyTorch loop that knows nothing method-specific.
+
+Per step: views = recipe(uint8 batch) on the device; ``out = method(views, index)``; backward;
+optional clipping; ``method.before_optimizer_step``; optimizer step; EMA pairs updated;
+``method.after_optimizer_step``. Learning rate and weight decay come from per-step arrays
+computed up front. Everything the run needs to continue bit-exactly (model, optimizer, RNG
+states, the method's buffers, the position in the epoch) is in each checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import sys
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+
+from ..augment import Recipe, create_recipe
+from ..data import BatchLoader, ImageSet, load_dataset
+from ..errors import ConfigError, DataError, NonFiniteLossError, SelfsupError
+from ..eval import extract_features, knn_accuracy
+from ..methods import Method, Progress, create
+from ..nn import create_backbone, ema_update, get_rank, get_world_size
+from . import checkpoint as ckpt
+from .config import TrainConfig
+from .logger import MetricsLogger
+from .logger import Progress as ProgressBar
+from .optim import apply_schedule, build_optimizer, cosine_schedule, scaled_lr
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device '{name}' was asked for but CUDA is not available; use device=cpu or auto.")
+    return device
+
+
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """bf16 autocast on CUDA by default; fp32 on the CPU (bf16 matmuls there are slow and lossy)."""
+    if precision == "bf16" or (precision == "auto" and device.type == "cuda"):
+        return torch.bfloat16
+    return None
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def build_method(config: TrainConfig, image_size: int) -> Method:
+    """The backbone and method of a resolved config, initialized from ``config.seed``."""
+    seed_everything(config.seed)
+    backbone = create_backbone(config.backbone, image_size=image_size, **config.backbone_args)
+    return create(config.method, backbone=backbone, **config.method_args)
+
+
+def build_recipe(config: TrainConfig, method: Method, image_size: int) -> Recipe:
+    choice = method.default_recipe(image_size)
+    name = config.recipe or choice.name
+    overrides = {**(choice.overrides if name == choice.name else {}), **config.augment}
+    return create_recipe(name, image_size, **overrides)
+
+
+def load_eval_sets(config: TrainConfig, train: ImageSet) -> tuple[ImageSet, ImageSet] | None:
+    """(bank, queries) for kNN monitoring: the labelled training set and the test split of the
+    source (or ``val_data``). None when there is nothing labelled to probe with (an unlabelled
+    folder, or a folder given without ``val_data``)."""
+    if not train.labelled:
+        return None
+    source = config.val_data or config.data
+    if source == config.data and Path(source).expanduser().is_dir():
+        return None
+    try:
+        queries = load_dataset(
+            source, "test", data_dir=config.data_dir, image_size=train.image_size,
+            limit=config.test_subset, seed=config.seed,
+        )
+    except DataError:
+        if config.val_data:
+            raise
+        return None  # a packed file without a test split
+    return (train, queries) if queries.labelled else None
+
+
+@dataclass
+class RunState:
+    """What is saved besides model and optimizer: where the run stands."""
+
+    step: int = 0
+    epoch: int = 0
+    step_in_epoch: int = 0
+    best_knn: float = -1.0
+    knn_random: float | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class Trainer:
+    """Build everything from a :class:`TrainConfig` and run the loop (``fit``)."""
+
+    def __init__(self, config: TrainConfig, resume: bool = False) -> None:
+        self.config = config = config.resolve()
+        self.device = pick_device(config.device)
+        self.rank, self.world_size = get_rank(), get_world_size()
+        self.is_main = self.rank == 0
+        self.amp_dtype = autocast_dtype(config.precision, self.device)
+        if config.deterministic:
+            torch.use_deterministic_algorithms(True, warn_only=True)
+        if self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = not config.deterministic
+            torch.backends.cuda.matmul.allow_tf32 = True
+            torch.backends.cudnn.allow_tf32 = True
+
+        self.train_set = load_dataset(
+            config.data, "train", data_dir=config.data_dir, image_size=config.image_size,
+            limit=config.train_subset, seed=config.seed,
+        )
+        if config.batch_size > len(self.train_set):
+            raise ConfigError(
+                f"batch_size {config.batch_size} is larger than the training set ({len(self.train_set)} images); "
+                "use a smaller batch_size."
+            )
+        self.image_size = int(self.train_set.image_size or 32)
+        self.eval_sets = load_eval_sets(config, self.train_set) if (config.eval_every is not None) else None
+
+        self.method = build_method(config, self.image_size).to(self.device)
+        if self.device.type == "cuda" and config.channels_last:
+            self.method = self.method.to(memory_format=torch.channels_last)
+        self.recipe = build_recipe(config, self.method, self.image_size)
+        self.forward = torch.compile(self.method) if config.compile else self.method
+
+        self.loader = BatchLoader(
+            self.train_set, config.batch_size, self.device, seed=config.seed,
+            rank=self.rank, world_size=self.world_size, num_workers=config.num_workers,
+        )
+        self.steps_per_epoch = len(self.loader)
+        total = config.epochs * self.steps_per_epoch
+        self.total_steps = min(total, config.max_steps) if config.max_steps else total
+        peak = scaled_lr(config.lr, config.batch_size, config.lr_scaling)
+        self.optimizer = build_optimizer(
+            self.method.param_groups(), config.optimizer, peak, config.weight_decay, config.momentum
+        )
+        warmup = int(round(config.warmup_epochs * self.steps_per_epoch))
+        self.lr_schedule = cosine_schedule(peak, peak * config.min_lr_ratio, total, warmup)
+        self.wd_schedule = (
+            cosine_schedule(config.weight_decay, config.weight_decay_end, total)
+            if config.weight_decay_end is not None else None
+        )
+        self.augment_generator = torch.Generator(device=self.device).manual_seed(config.seed + 1)
+
+        self.run_dir = Path(config.run_dir) / (config.name or self._default_name())
+        self.state = RunState()
+        self._prepare_run_dir(resume)
+        self.logger = MetricsLogger(self.run_dir, enabled=self.is_main)
+
+    # -- run directory and resume ------------------------------------------------------------
+    def _default_name(self) -> str:
+        data = Path(self.config.data).stem if ("/" in self.config.data or "." in self.config.data) else self.config.data
+        return f"{self.config.method}-{data}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+    def _prepare_run_dir(self, resume: bool) -> None:
+        exists = (self.run_dir / "config.yaml").is_file()
+        if exists and not resume:
+            raise ConfigError(
+                f"run directory '{self.run_dir}' already holds a run. Continue it with --resume, "
+                "or choose another --name."
+            )
+        if resume and exists:
+            found = ckpt.latest_good_checkpoint(self.run_dir, map_location=self.device)
+            if found is not None:
+                self._restore(*found)
+        if self.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            text = yaml.safe_dump(self.config.to_dict(), sort_keys=False)
+            ckpt.atomic_write_bytes(self.run_dir / "config.yaml", text.encode())
+
+    def _restore(self, path: Path, state: dict[str, Any]) -> None:
+        try:
+            self.method.load_state_dict(state["model"])
+            self.optimizer.load_state_dict(state["optimizer"])
+        except (KeyError, RuntimeError, ValueError) as exc:
+            raise SelfsupError(f"checkpoint '{path}' does not match this run's model or optimizer: {exc}") from None
+        self.state = RunState(**state["run_state"])
+        rng = {k: (v.cpu() if torch.is_tensor(v) else v) for k, v in state["rng"].items()}
+        torch.set_rng_state(rng["torch"])
+        if self.device.type == "cuda" and "cuda" in rng:
+            torch.cuda.set_rng_state(rng["cuda"], self.device)
+        self.augment_generator.set_state(rng["augment"])
+        np.random.set_state(_numpy_state_from(rng["numpy"]))
+        print(f"selfsup: resumed from {path} (epoch {self.state.epoch}, step {self.state.step})", file=sys.stderr)
+
+    def save_checkpoint(self) -> Path | None:
+        if not self.is_main:
+            return None
+        rng = {
+            "torch": torch.get_rng_state(),
+            "augment": self.augment_generator.get_state(),
+            "numpy": _numpy_state_to(np.random.get_state()),
+        }
+        if self.device.type == "cuda":
+            rng["cuda"] = torch.cuda.get_rng_state(self.device)
+        state = {
+            "model": self.method.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "run_state": self.state.__dict__.copy(),
+            "rng": rng,
+            "config": self.config.to_dict(),
+            "image_size": self.image_size,
+        }
+        path = ckpt.save_checkpoint(ckpt.checkpoint_path(self.run_dir, self.state.step), state)
+        ckpt.prune_checkpoints(self.run_dir, self.config.keep_checkpoints)
+        return path
+
+    # -- evaluation --------------------------------------------------------------------------
+    @torch.no_grad()
+    def knn(self) -> dict[str, float] | None:
+        if self.eval_sets is None:
+            return None
+        bank, queries = self.eval_sets
+        was_training = self.method.training
+        self.method.eval()
+        try:
+            kwargs = dict(crop_size=self.recipe.views[0].size, autocast_dtype=self.amp_dtype)
+            encode, transform = self.method.representation, self.method.eval_transform
+            train_features = extract_features(encode, transform, bank, self.device, **kwargs)
+            test_features = extract_features(encode, transform, queries, self.device, **kwargs)
+        finally:
+            self.method.train(was_training)
+        return knn_accuracy(
+            train_features, bank.labels, test_features, queries.labels,
+            max(bank.num_classes, 1), self.config.knn_k, self.config.knn_temperature,
+        )
+
+    # -- the loop ----------------------------------------------------------------------------
+    def train_step(self, images: torch.Tensor, index: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        config, progress = self.config, Progress(self.state.step, self.total_steps, self.steps_per_epoch)
+        self.method.progress = progress
+        lr = float(self.lr_schedule[min(self.state.step, len(self.lr_schedule) - 1)])
+        wd = float(self.wd_schedule[self.state.step]) if self.wd_schedule is not None else None
+        apply_schedule(self.optimizer, lr, wd)
+        views = self.recipe(images, self.augment_generator)
+        if self.device.type == "cuda" and config.channels_last:
+            views = [v.contiguous(memory_format=torch.channels_last) if v.dim() == 4 else v for v in views]
+        context = torch.autocast(self.device.type, dtype=self.amp_dtype) if self.amp_dtype else nullcontext()
+        with context:
+            out = self.forward(views, index if self.method.needs_index else None)
+        loss = out["loss"]
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if config.skip_nonfinite and not bool(torch.isfinite(loss)):
+            self.state.extra["skipped_steps"] = self.state.extra.get("skipped_steps", 0) + 1
+            self.optimizer.zero_grad(set_to_none=True)
+            return loss.detach(), out
+        if config.grad_clip:
+            torch.nn.utils.clip_grad_norm_(self.method.parameters(), config.grad_clip)
+        self.method.before_optimizer_step(progress)
+        self.optimizer.step()
+        pairs = self.method.ema_pairs()
+        if pairs:
+            momentum = self.method.ema_momentum(progress)
+            for online, target in pairs:
+                ema_update(online, target, momentum)
+        self.method.after_optimizer_step(progress)
+        return loss.detach(), out
+
+    def fit(self) -> dict[str, Any]:
+        config, state = self.config, self.state
+        start_time = time.time()
+        if state.step == 0 and state.knn_random is None:
+            result = self.knn()
+            state.knn_random = result["top1"] if result else None
+            if result:
+                self.logger.log({"epoch": 0, "knn_top1": result["top1"], "knn_top5": result["top5"], "random_init": True}, 0)
+        bar = ProgressBar(self.total_steps, state.step, config.progress and self.is_main)
+        interval_loss = torch.zeros((), device=self.device)
+        interval_steps, interval_start = 0, time.perf_counter()
+        pending: tuple[int, torch.Tensor] | None = None
+        images_per_step = config.batch_size
+        self.method.train()
+        try:
+            while state.epoch < config.epochs and state.step < self.total_steps:
+                for batch in self.loader.epoch(state.epoch, state.step_in_epoch):
+                    loss, out = self.train_step(batch.images, batch.index)
+                    # Check the previous step's loss now that this step is queued: the host sync
+                    # then waits for work that is already done, so the device never idles.
+                    if pending is not None:
+                        self._check_finite(*pending)
+                    pending = (state.step, loss)
+                    interval_loss += torch.where(torch.isfinite(loss), loss, 0.0)
+                    interval_steps += 1
+                    state.step += 1
+                    state.step_in_epoch += 1
+                    if state.step % config.log_every == 0 or state.step == self.total_steps:
+                        self._check_finite(*pending)
+                        elapsed = max(time.perf_counter() - interval_start, 1e-9)
+                        record = {
+                            "epoch": state.epoch,
+                            "loss": float(interval_loss) / interval_steps,
+                            "lr": self.optimizer.param_groups[0]["lr"],
+                            "images_per_s": interval_steps * images_per_step / elapsed,
+                            **{k: float(v) for k, v in out.items() if k != "loss" and torch.is_tensor(v) and v.numel() == 1},
+                        }
+                        self.logger.log(record, state.step)
+                        bar.update(interval_steps, state.epoch, config.epochs, loss=record["loss"],
+                                   lr=record["lr"], img_s=round(record["images_per_s"]))
+                        interval_loss.zero_()
+                        interval_steps, interval_start = 0, time.perf_counter()
+                    if state.step >= self.total_steps:
+                        break
+                if pending is not None:
+                    self._check_finite(*pending)
+                if state.step_in_epoch >= self.steps_per_epoch:
+                    state.epoch += 1
+                    state.step_in_epoch = 0
+                self._end_of_epoch(bar)
+                if state.step >= self.total_steps:
+                    break
+        finally:
+            bar.close()
+        result = self._final(time.time() - start_time)
+        self.logger.close()
+        return result
+
+    def _check_finite(self, step: int, loss: torch.Tensor) -> None:
+        if self.config.skip_nonfinite:
+            return
+        value = float(loss)
+        if not math.isfinite(value):
+            last = ckpt.list_checkpoints(self.run_dir)
+            where = f"the last good checkpoint is {last[0]}" if last else "no checkpoint had been written yet"
+            raise NonFiniteLossError(
+                f"the loss became {value} at step {step} (epoch {self.state.epoch}); training stopped and {where}. "
+                "Lower the learning rate, enable grad_clip, or set skip_nonfinite=true to skip such steps."
+            )
+
+    def _end_of_epoch(self, bar: ProgressBar) -> None:
+        config, state = self.config, self.state
+        finished = state.epoch >= config.epochs or state.step >= self.total_steps
+        if config.eval_every and (state.epoch % config.eval_every == 0 or finished) and state.step_in_epoch == 0 and not finished:
+            result = self.knn()
+            if result:
+                state.best_knn = max(state.best_knn, result["top1"])
+                self.logger.log({"epoch": state.epoch, "knn_top1": result["top1"], "knn_top5": result["top5"]}, state.step)
+                bar.write(f"epoch {state.epoch}: kNN top-1 {100 * result['top1']:.2f}%")
+        if config.checkpoint_every and state.step_in_epoch == 0 and state.epoch % config.checkpoint_every == 0 and not finished:
+            self.save_checkpoint()
+
+    def _final(self, wall_time: float) -> dict[str, Any]:
+        state = self.state
+        result = self.knn() if self.config.eval_every is not None else None
+        if result:
+            state.best_knn = max(state.best_knn, result["top1"])
+            self.logger.log({"epoch": state.epoch, "knn_top1": result["top1"], "knn_top5": result["top5"]}, state.step)
+        path = self.save_checkpoint()
+        steps_run = max(1, state.step)
+        summary = {
+            "run_dir": str(self.run_dir),
+            "method": self.config.method,
+            "backbone": self.config.backbone,
+            "data": self.config.data,
+            "epochs": state.epoch,
+            "steps": state.step,
+            "batch_size": self.config.batch_size,
+            "knn_top1": result["top1"] if result else None,
+            "knn_top5": result["top5"] if result else None,
+            "best_knn_top1": state.best_knn if state.best_knn >= 0 else None,
+            "knn_random_top1": state.knn_random,
+            "wall_time_s": round(wall_time, 2),
+            "images_per_s": round(steps_run * self.config.batch_size / max(wall_time, 1e-9), 1),
+            "device": str(self.device),
+            "checkpoint": str(path) if path else None,
+            "skipped_steps": state.extra.get("skipped_steps", 0),
+        }
+        if self.is_main:
+            ckpt.atomic_write_bytes(self.run_dir / "summary.json", json.dumps(summary, indent=2).encode())
+        return summary
+
+
+def _numpy_state_to(state: tuple) -> dict[str, Any]:
+    name, keys, pos, has_gauss, cached = state
+    return {"keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos), "has_gauss": int(has_gauss), "cached": float(cached)}
+
+
+def _numpy_state_from(state: dict[str, Any]) -> tuple:
+    return ("MT19937", state["keys"].cpu().numpy().astype(np.uint32), state["pos"], state["has_gauss"], state["cached"])
+
+
+def train(config: TrainConfig, resume: bool = False) -> dict[str, Any]:
+    """Train from a config; returns the run's summary (also written to ``summary.json``)."""
+    return Trainer(config, resume=resume).fit()

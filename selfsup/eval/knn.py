@@ -1,0 +1,110 @@
+"""Frozen-feature probes: feature extraction and the weighted kNN classifier.
+
+The kNN is the one of InstDisc (Wu et al. 2018, arXiv 1805.01978, section 3.5) that the peers'
+benchmarks report: cosine similarity to every training feature, the k nearest vote for their class
+with weight ``exp(sim / T)`` (k=200, T=0.1).
+"""
+
+from __future__ import annotations
+
+from contextlib import nullcontext
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+from ..data import ImageSet
+
+
+def center_crop(images: torch.Tensor, size: int | None) -> torch.Tensor:
+    """Central ``size`` x ``size`` of uint8 ``(B, H, W, 3)`` images (unchanged if not larger)."""
+    if size is None:
+        return images
+    height, width = images.shape[1:3]
+    if height <= size and width <= size:
+        return images
+    top, left = max(0, (height - size) // 2), max(0, (width - size) // 2)
+    return images[:, top : top + size, left : left + size]
+
+
+@torch.no_grad()
+def extract_features(
+    encode: Callable[[torch.Tensor], torch.Tensor],
+    transform: Callable[[torch.Tensor], torch.Tensor],
+    dataset: ImageSet,
+    device: torch.device | str,
+    batch_size: int = 512,
+    crop_size: int | None = None,
+    autocast_dtype: torch.dtype | None = None,
+) -> torch.Tensor:
+    """``encode(transform(uint8 batch))`` over a dataset, in order; float32 ``(N, D)`` on ``device``.
+
+    Streamed datasets are read through the same loader as training (unshuffled).
+    """
+    from ..data import BatchLoader
+
+    device = torch.device(device)
+    loader = BatchLoader(dataset, min(batch_size, len(dataset)), device, shuffle=False, drop_last=False)
+    context = torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype else nullcontext()
+    parts = []
+    with context:
+        for batch in loader.epoch(0):
+            parts.append(encode(transform(center_crop(batch.images, crop_size))).float())
+    return torch.cat(parts)
+
+
+@torch.no_grad()
+def knn_predict(
+    train_features: torch.Tensor,
+    train_labels: torch.Tensor,
+    test_features: torch.Tensor,
+    num_classes: int,
+    k: int = 200,
+    temperature: float = 0.1,
+    chunk: int = 1024,
+) -> torch.Tensor:
+    """Class scores ``(N_test, C)`` of the weighted kNN (InstDisc, eq. 8 / section 3.5)."""
+    train = F.normalize(train_features.float(), dim=1)
+    test = F.normalize(test_features.float(), dim=1)
+    labels = train_labels.to(train.device)
+    k = min(k, train.shape[0])
+    scores = []
+    for start in range(0, test.shape[0], chunk):
+        sim = test[start : start + chunk] @ train.T
+        top_sim, top_idx = sim.topk(k, dim=1)
+        weights = (top_sim / temperature).exp()
+        votes = torch.zeros(sim.shape[0], num_classes, device=train.device)
+        votes.scatter_add_(1, labels[top_idx], weights)
+        scores.append(votes)
+    return torch.cat(scores)
+
+
+def topk_accuracy(scores: torch.Tensor, labels: torch.Tensor, ks: tuple[int, ...] = (1, 5)) -> dict[int, float]:
+    labels = labels.to(scores.device)
+    top = scores.topk(min(max(ks), scores.shape[1]), dim=1).indices
+    hits = top == labels[:, None]
+    return {k: float(hits[:, :k].any(dim=1).float().mean()) for k in ks}
+
+
+def knn_accuracy(
+    train_features: torch.Tensor,
+    train_labels: torch.Tensor,
+    test_features: torch.Tensor,
+    test_labels: torch.Tensor,
+    num_classes: int,
+    k: int = 200,
+    temperature: float = 0.1,
+) -> dict[str, float]:
+    """Weighted-kNN top-1 and top-5 accuracy; unlabelled (-1) samples are ignored."""
+    keep_train = train_labels >= 0
+    keep_test = test_labels >= 0
+    scores = knn_predict(
+        train_features[keep_train.to(train_features.device)],
+        train_labels[keep_train],
+        test_features[keep_test.to(test_features.device)],
+        num_classes,
+        k,
+        temperature,
+    )
+    acc = topk_accuracy(scores, test_labels[keep_test])
+    return {"top1": acc[1], "top5": acc[5]}

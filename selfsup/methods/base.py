@@ -1,0 +1,126 @@
+"""What every method is: a small ``nn.Module`` registered by name.
+
+A method owns its networks and its loss. The engine only calls what is declared here:
+
+- ``forward(views, index=None) -> dict`` with a ``"loss"`` tensor and any scalars worth logging;
+- ``default_recipe(image_size)``: the views it wants, by recipe name and overrides;
+- ``ema_pairs()``: ``(online, target)`` modules the engine updates by EMA after each optimizer step,
+  with the momentum ``ema_momentum(progress)``;
+- ``before_optimizer_step(progress)``: gradient surgery (e.g. frozen prototypes in SwAV's first epoch);
+- ``after_optimizer_step(progress)``: queue, memory-bank and normalisation updates (never in forward);
+- ``representation(images)``: the features a probe uses (the backbone's by default);
+- ``param_groups()``: parameter groups with optional per-group options (e.g. a fixed learning rate).
+
+Each method declares ``Config``, a dataclass of its hyper-parameters with the paper's defaults.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from ..nn.backbones import Backbone
+
+
+@dataclasses.dataclass
+class MethodConfig:
+    """Base of every method's configuration; subclasses add fields with the paper's defaults."""
+
+    def validate(self) -> None:
+        for field in dataclasses.fields(self):
+            if field.name.endswith("temperature") and isinstance(getattr(self, field.name), (int, float)):
+                if getattr(self, field.name) <= 0:
+                    from ..errors import ConfigError
+
+                    raise ConfigError(f"{field.name} must be > 0, got {getattr(self, field.name)}.")
+
+
+@dataclasses.dataclass
+class Progress:
+    """Where training stands; the engine hands it to every hook."""
+
+    step: int = 0  # optimizer steps taken before this one
+    total_steps: int = 1
+    steps_per_epoch: int = 1
+
+    @property
+    def fraction(self) -> float:
+        """Training progress in [0, 1] (for EMA and temperature schedules)."""
+        return min(1.0, self.step / max(1, self.total_steps))
+
+    @property
+    def epoch(self) -> float:
+        """Fractional epoch: 0.5 halfway through the first epoch."""
+        return self.step / max(1, self.steps_per_epoch)
+
+
+@dataclasses.dataclass
+class RecipeChoice:
+    """The recipe a method trains with: a registered recipe name and overrides of its fields."""
+
+    name: str
+    overrides: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+class Method(nn.Module):
+    """Base class of all methods. Subclasses set ``name``, ``description``, ``Config``, implement
+    ``__init__(backbone, config)`` and ``forward``."""
+
+    name: ClassVar[str] = ""
+    description: ClassVar[str] = ""
+    paper: ClassVar[str] = ""
+    Config: ClassVar[type[MethodConfig]] = MethodConfig
+    needs_index: ClassVar[bool] = False  # forward needs the sample index (memory banks)
+
+    # The engine's optimizer defaults for this method (optimizer, lr per 256 images, weight
+    # decay, grad_clip), each overridable from the config.
+    optim_defaults: ClassVar[dict[str, Any]] = {"optimizer": "sgd", "lr": 0.05, "weight_decay": 5e-4}
+
+    def __init__(self, backbone: Backbone, config: MethodConfig) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.config = config
+        self.progress = Progress()  # set by the engine before every step
+
+    # -- data ---------------------------------------------------------------------------------
+    def default_recipe(self, image_size: int) -> RecipeChoice:
+        return RecipeChoice("simclr")
+
+    # -- training hooks ----------------------------------------------------------------------
+    def forward(self, views: list[torch.Tensor], index: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    def ema_pairs(self) -> list[tuple[nn.Module, nn.Module]]:
+        return []
+
+    def ema_momentum(self, progress: Progress) -> float:
+        return 1.0
+
+    def before_optimizer_step(self, progress: Progress) -> None:
+        """Called after backward, before the optimizer step (e.g. to zero frozen gradients)."""
+
+    def after_optimizer_step(self, progress: Progress) -> None:
+        """Called after the optimizer step and the EMA updates (queues, memory banks)."""
+
+    def param_groups(self) -> list[dict[str, Any]]:
+        """Trainable parameters as groups; a group may carry ``fixed_lr: True`` (no schedule)."""
+        return [{"params": [p for p in self.parameters() if p.requires_grad]}]
+
+    # -- evaluation --------------------------------------------------------------------------
+    def representation(self, images: torch.Tensor) -> torch.Tensor:
+        """Features for probes: ``images`` are normalized float ``(B, 3, H, W)``."""
+        return self.backbone(images)
+
+    @property
+    def feature_dim(self) -> int:
+        return self.backbone.feature_dim
+
+    def eval_transform(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 ``(B, H, W, 3)`` -> the network input used for probes (ImageNet-normalized RGB)."""
+        from ..augment import ops
+        from ..augment.recipes import IMAGENET_MEAN, IMAGENET_STD
+
+        return ops.normalize(ops.to_float(images), IMAGENET_MEAN, IMAGENET_STD)

@@ -1,0 +1,24 @@
+"""Building blocks: backbones, heads, EMA, distributed helpers."""
+
+from .backbones import Backbone, available_backbones, create_backbone, layer_norm_2d, register_backbone
+from .dist import all_reduce_mean, all_reduce_sum, gather, gather_with_grad, get_rank, get_world_size, is_distributed
+from .ema import ema_update, cosine_momentum
+from .heads import MLP
+
+__all__ = [
+    "MLP",
+    "Backbone",
+    "all_reduce_mean",
+    "all_reduce_sum",
+    "available_backbones",
+    "cosine_momentum",
+    "create_backbone",
+    "ema_update",
+    "gather",
+    "gather_with_grad",
+    "get_rank",
+    "get_world_size",
+    "is_distributed",
+    "layer_norm_2d",
+    "register_backbone",
+]

@@ -1,0 +1,170 @@
+"""Backbones by name: torchvision ResNets (with the CIFAR stem for small images), timm ViTs and a
+tiny convnet for fast CPU tests. Every backbone maps images ``(B, C, H, W)`` to features
+``(B, feature_dim)`` and reports ``feature_dim``."""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from ..errors import ConfigError, closest
+
+SMALL_IMAGE = 64
+
+
+class Backbone(nn.Module):
+    """A feature extractor: ``forward(x) -> (B, feature_dim)``.
+
+    ``arch`` and ``build_args`` are what :func:`create_backbone` needs to rebuild it, so a saved
+    run can recreate its backbone and exports can name their torchvision/timm counterpart.
+    """
+
+    def __init__(self, body: nn.Module, feature_dim: int, arch: str, build_args: dict[str, Any]) -> None:
+        super().__init__()
+        self.body = body
+        self.feature_dim = feature_dim
+        self.arch = arch
+        self.build_args = build_args
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x)
+
+
+_BACKBONES: dict[str, Callable[..., Backbone]] = {}
+
+
+def register_backbone(name: str) -> Callable[[Callable[..., Backbone]], Callable[..., Backbone]]:
+    def decorator(builder: Callable[..., Backbone]) -> Callable[..., Backbone]:
+        _BACKBONES[name] = builder
+        return builder
+
+    return decorator
+
+
+def available_backbones() -> list[str]:
+    return sorted(_BACKBONES)
+
+
+def create_backbone(name: str, image_size: int = 32, in_channels: int = 3, **kwargs: Any) -> Backbone:
+    """Build backbone ``name`` for ``image_size`` px images with ``in_channels`` input channels."""
+    if name not in _BACKBONES:
+        raise ConfigError(
+            f"unknown backbone '{name}'.{closest(name, _BACKBONES)} Available: {', '.join(available_backbones())}."
+        )
+    return _BACKBONES[name](image_size=image_size, in_channels=in_channels, **kwargs)
+
+
+def layer_norm_2d(channels: int) -> nn.Module:
+    """Layer normalisation over (C, H, W) of each sample, as CPC v2 uses instead of batch norm."""
+    return nn.GroupNorm(1, channels)
+
+
+def _resnet(
+    depth: int,
+    image_size: int,
+    in_channels: int,
+    cifar_stem: bool | None = None,
+    norm: str = "bn",
+    zero_init_residual: bool = True,
+) -> Backbone:
+    import torchvision
+
+    if norm not in ("bn", "ln"):
+        raise ConfigError(f"backbone norm must be 'bn' or 'ln', got '{norm}'.")
+    norm_layer = layer_norm_2d if norm == "ln" else None
+    # Zero-initialising the last BN of each residual block (Goyal et al. 2017) helps large-batch
+    # training and is what the SimCLR/BYOL/MoCo reference ResNets do.
+    model = getattr(torchvision.models, f"resnet{depth}")(
+        weights=None, norm_layer=norm_layer, zero_init_residual=zero_init_residual and norm == "bn"
+    )
+    cifar_stem = image_size <= SMALL_IMAGE if cifar_stem is None else cifar_stem
+    if cifar_stem:
+        # The CIFAR stem of the SimCLR paper (appendix B.9): 3x3 stride-1 conv, no max-pool.
+        model.conv1 = nn.Conv2d(in_channels, 64, kernel_size=3, stride=1, padding=1, bias=False)
+        model.maxpool = nn.Identity()
+    elif in_channels != 3:
+        model.conv1 = nn.Conv2d(in_channels, 64, kernel_size=7, stride=2, padding=3, bias=False)
+    feature_dim = model.fc.in_features
+    model.fc = nn.Identity()
+    args = dict(image_size=image_size, in_channels=in_channels, cifar_stem=cifar_stem, norm=norm)
+    return Backbone(model, feature_dim, f"resnet{depth}", args)
+
+
+@register_backbone("resnet18")
+def resnet18(image_size: int = 32, in_channels: int = 3, **kwargs: Any) -> Backbone:
+    return _resnet(18, image_size, in_channels, **kwargs)
+
+
+@register_backbone("resnet34")
+def resnet34(image_size: int = 32, in_channels: int = 3, **kwargs: Any) -> Backbone:
+    return _resnet(34, image_size, in_channels, **kwargs)
+
+
+@register_backbone("resnet50")
+def resnet50(image_size: int = 32, in_channels: int = 3, **kwargs: Any) -> Backbone:
+    return _resnet(50, image_size, in_channels, **kwargs)
+
+
+class TinyConvNet(nn.Sequential):
+    """Six 3x3 conv layers (widths w, 2w, 4w), norm + ReLU, two 2x poolings, global average pool.
+
+    About 0.3 M parameters at w=32: the fast backbone for CPU tests and the built-in demo.
+    """
+
+    def __init__(self, in_channels: int = 3, width: int = 32, norm: str = "bn") -> None:
+        widths = [width, width, 2 * width, 2 * width, 4 * width, 4 * width]
+        layers: list[nn.Module] = []
+        previous = in_channels
+        for i, channels in enumerate(widths):
+            layers += [
+                nn.Conv2d(previous, channels, 3, padding=1, bias=False),
+                nn.BatchNorm2d(channels) if norm == "bn" else layer_norm_2d(channels),
+                nn.ReLU(inplace=True),
+            ]
+            if i in (1, 3):
+                layers.append(nn.MaxPool2d(2))
+            previous = channels
+        layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten()]
+        super().__init__(*layers)
+        self.out_channels = previous
+
+
+@register_backbone("tiny")
+def tiny(image_size: int = 32, in_channels: int = 3, width: int = 32, norm: str = "bn", **_: Any) -> Backbone:
+    if norm not in ("bn", "ln"):
+        raise ConfigError(f"backbone norm must be 'bn' or 'ln', got '{norm}'.")
+    body = TinyConvNet(in_channels, width, norm)
+    args = dict(image_size=image_size, in_channels=in_channels, width=width, norm=norm)
+    return Backbone(body, body.out_channels, "tiny", args)
+
+
+def _vit(timm_name: str, image_size: int, in_channels: int, patch_size: int | None = None, **kwargs: Any) -> Backbone:
+    import timm
+
+    patch_size = patch_size or (4 if image_size <= SMALL_IMAGE else 16)
+    model = timm.create_model(
+        timm_name,
+        pretrained=False,
+        num_classes=0,
+        img_size=image_size,
+        patch_size=patch_size,
+        in_chans=in_channels,
+        dynamic_img_size=True,  # local crops of multi-crop are smaller than the global ones
+        **kwargs,
+    )
+    args = dict(image_size=image_size, in_channels=in_channels, patch_size=patch_size, **kwargs)
+    return Backbone(model, model.num_features, timm_name, args)
+
+
+@register_backbone("vit_tiny")
+def vit_tiny(image_size: int = 32, in_channels: int = 3, **kwargs: Any) -> Backbone:
+    """ViT-Tiny (192-d, 12 blocks, 3 heads) from timm; patch 4 for <= 64 px images, else 16."""
+    return _vit("vit_tiny_patch16_224", image_size, in_channels, **kwargs)
+
+
+@register_backbone("vit_small")
+def vit_small(image_size: int = 32, in_channels: int = 3, **kwargs: Any) -> Backbone:
+    """ViT-Small (384-d, 12 blocks, 6 heads) from timm; patch 4 for <= 64 px images, else 16."""
+    return _vit("vit_small_patch16_224", image_size, in_channels, **kwargs)

@@ -1,0 +1,49 @@
+"""Shared fixtures: real CIFAR-10 from ../shared/data, small and decoded once per session."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def shared_data_dir() -> Path:
+    """``$SELFSUP_TEST_DATA`` or ``../shared/data`` beside the repository (as in CI)."""
+    path = Path(os.environ.get("SELFSUP_TEST_DATA", ROOT.parent / "shared" / "data"))
+    if not (path / "cifar10.npz").is_file():
+        raise FileNotFoundError(
+            f"tests need CIFAR-10 at {path / 'cifar10.npz'} (set SELFSUP_TEST_DATA to its folder)"
+        )
+    return path
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    return shared_data_dir()
+
+
+@pytest.fixture(scope="session")
+def cifar_npz(data_dir: Path) -> Path:
+    return data_dir / "cifar10.npz"
+
+
+@pytest.fixture(scope="session")
+def cifar_small(data_dir: Path):
+    """2,000 training and 500 test images of CIFAR-10 (fixed random subsets)."""
+    from selfsup.data import load_dataset
+
+    train = load_dataset("cifar10", "train", data_dir=data_dir, limit=2000, seed=0)
+    test = load_dataset("cifar10", "test", data_dir=data_dir, limit=500, seed=0)
+    return train, test
+
+
+@pytest.fixture(autouse=True)
+def _offline_and_threads(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Never try to download in tests; keep the thread count fixed so timings and
+    # floating-point reductions are the same on every run.
+    monkeypatch.setenv("SELFSUP_OFFLINE", "1")
+    torch.set_num_threads(min(2, os.cpu_count() or 1))
