@@ -1,15 +1,11 @@
-"""Losses as pure functions: tensors in, a scalar tensor out.
-
-Each docstring states the paper's formula; tests/test_losses.py checks each against a direct,
-loop-by-loop transcription of that formula on fixed inputs. Every loss computes in float32, even
-when its inputs come from a bf16 autocast region, because exp/log of low-precision logits is where
-mixed-precision training turns to NaN.
-"""
+"""Contrastive losses with in-batch negatives: NT-Xent (SimCLR)."""
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+
+__all__ = ["nt_xent", "nt_xent_anchors"]
 
 
 def _f32(*tensors: torch.Tensor) -> list[torch.Tensor]:

@@ -1,0 +1,3 @@
+"""(filled in by the method that needs it)"""
+
+__all__: list[str] = []
