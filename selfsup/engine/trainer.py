@@ -243,15 +243,24 @@ class Trainer:
         )
 
     # -- the loop ----------------------------------------------------------------------------
+    def make_views(self, images: torch.Tensor) -> list[torch.Tensor]:
+        """The recipe's views of a uint8 batch, in the memory format the model runs in."""
+        views = self.recipe(images, self.augment_generator)
+        if self.device.type == "cuda" and self.config.channels_last:
+            views = [v.contiguous(memory_format=torch.channels_last) if v.dim() == 4 else v for v in views]
+        return views
+
     def train_step(self, images: torch.Tensor, index: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """One optimizer step on a uint8 batch: augment on the device, then :meth:`step_on_views`."""
+        return self.step_on_views(self.make_views(images), index)
+
+    def step_on_views(self, views: list[torch.Tensor], index: torch.Tensor | None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Forward, backward, optimizer step and the method's hooks on ready views."""
         config, progress = self.config, Progress(self.state.step, self.total_steps, self.steps_per_epoch)
         self.method.progress = progress
         lr = float(self.lr_schedule[min(self.state.step, len(self.lr_schedule) - 1)])
-        wd = float(self.wd_schedule[self.state.step]) if self.wd_schedule is not None else None
+        wd = float(self.wd_schedule[min(self.state.step, len(self.wd_schedule) - 1)]) if self.wd_schedule is not None else None
         apply_schedule(self.optimizer, lr, wd)
-        views = self.recipe(images, self.augment_generator)
-        if self.device.type == "cuda" and config.channels_last:
-            views = [v.contiguous(memory_format=torch.channels_last) if v.dim() == 4 else v for v in views]
         context = torch.autocast(self.device.type, dtype=self.amp_dtype) if self.amp_dtype else nullcontext()
         with context:
             out = self.forward(views, index if self.method.needs_index else None)
