@@ -94,6 +94,42 @@ def load_eval_sets(config: TrainConfig, train: ImageSet) -> tuple[ImageSet, Imag
     return (train, queries) if queries.labelled else None
 
 
+class OnlineProbe:
+    """A linear classifier trained during pretraining on detached features of the first view
+    (solo-learn's online probe): a cheap running estimate of linear accuracy. It has its own SGD
+    optimizer (lr 0.1 following the run's cosine shape) and never affects the method's gradients.
+    The features come from ``method.representation`` under ``no_grad``: one extra forward of one
+    view per step, and the same for every method."""
+
+    def __init__(self, feature_dim: int, num_classes: int, device: torch.device) -> None:
+        # BN without affine parameters standardizes the features (as in MAE's linear probe), so one
+        # learning rate suits every backbone whatever the scale of its features.
+        self.head = torch.nn.Sequential(
+            torch.nn.BatchNorm1d(feature_dim, affine=False), torch.nn.Linear(feature_dim, num_classes)
+        ).to(device)
+        self.optimizer = torch.optim.SGD(self.head.parameters(), lr=0.1, momentum=0.9)
+
+    def step(self, method: Method, view: torch.Tensor, labels: torch.Tensor, lr_factor: float, context: Any) -> torch.Tensor:
+        keep = labels >= 0
+        with torch.no_grad(), context:
+            features = method.representation(view).float()
+        logits = self.head(features)
+        loss = torch.nn.functional.cross_entropy(logits[keep], labels[keep])
+        for group in self.optimizer.param_groups:
+            group["lr"] = 0.1 * lr_factor
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        return (logits.argmax(1)[keep] == labels[keep]).float().mean().detach()
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"head": self.head.state_dict(), "optimizer": self.optimizer.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.head.load_state_dict(state["head"])
+        self.optimizer.load_state_dict(state["optimizer"])
+
+
 @dataclass
 class RunState:
     """What is saved besides model and optimizer: where the run stands."""
@@ -135,6 +171,7 @@ class Trainer:
         self.eval_sets = load_eval_sets(config, self.train_set) if (config.eval_every is not None) else None
 
         self.method = build_method(config, self.image_size).to(self.device)
+        self.method.bind_dataset(len(self.train_set))  # per-sample memories, sized before any restore
         if self.device.type == "cuda" and config.channels_last:
             self.method = self.method.to(memory_format=torch.channels_last)
         self.recipe = build_recipe(config, self.method, self.image_size)
@@ -158,6 +195,10 @@ class Trainer:
             if config.weight_decay_end is not None else None
         )
         self.augment_generator = torch.Generator(device=self.device).manual_seed(config.seed + 1)
+        self.online_probe = (
+            OnlineProbe(self.method.feature_dim, self.train_set.num_classes, self.device)
+            if config.online_probe and self.train_set.labelled else None
+        )
 
         self.run_dir = Path(config.run_dir) / (config.name or self._default_name())
         self.state = RunState()
@@ -192,6 +233,8 @@ class Trainer:
         except (KeyError, RuntimeError, ValueError) as exc:
             raise SelfsupError(f"checkpoint '{path}' does not match this run's model or optimizer: {exc}") from None
         self.state = RunState(**state["run_state"])
+        if self.online_probe is not None and "online_probe" in state:
+            self.online_probe.load_state_dict(state["online_probe"])
         rng = {k: (v.cpu() if torch.is_tensor(v) else v) for k, v in state["rng"].items()}
         torch.set_rng_state(rng["torch"])
         if self.device.type == "cuda" and "cuda" in rng:
@@ -218,6 +261,8 @@ class Trainer:
             "config": self.config.to_dict(),
             "image_size": self.image_size,
         }
+        if self.online_probe is not None:
+            state["online_probe"] = self.online_probe.state_dict()
         path = ckpt.save_checkpoint(ckpt.checkpoint_path(self.run_dir, self.state.step), state)
         ckpt.prune_checkpoints(self.run_dir, self.config.keep_checkpoints)
         return path
@@ -250,11 +295,15 @@ class Trainer:
             views = [v.contiguous(memory_format=torch.channels_last) if v.dim() == 4 else v for v in views]
         return views
 
-    def train_step(self, images: torch.Tensor, index: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def train_step(
+        self, images: torch.Tensor, index: torch.Tensor, labels: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """One optimizer step on a uint8 batch: augment on the device, then :meth:`step_on_views`."""
-        return self.step_on_views(self.make_views(images), index)
+        return self.step_on_views(self.make_views(images), index, labels)
 
-    def step_on_views(self, views: list[torch.Tensor], index: torch.Tensor | None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def step_on_views(
+        self, views: list[torch.Tensor], index: torch.Tensor | None, labels: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Forward, backward, optimizer step and the method's hooks on ready views."""
         config, progress = self.config, Progress(self.state.step, self.total_steps, self.steps_per_epoch)
         self.method.progress = progress
@@ -281,6 +330,8 @@ class Trainer:
             for online, target in pairs:
                 ema_update(online, target, momentum)
         self.method.after_optimizer_step(progress)
+        if self.online_probe is not None and labels is not None:
+            out["online_probe_acc"] = self.online_probe.step(self.method, views[0], labels, lr / self.lr_schedule.max(), context)
         return loss.detach(), out
 
     def fit(self) -> dict[str, Any]:
@@ -300,7 +351,7 @@ class Trainer:
         try:
             while state.epoch < config.epochs and state.step < self.total_steps:
                 for batch in self.loader.epoch(state.epoch, state.step_in_epoch):
-                    loss, out = self.train_step(batch.images, batch.index)
+                    loss, out = self.train_step(batch.images, batch.index, batch.labels)
                     # Check the previous step's loss now that this step is queued: the host sync
                     # then waits for work that is already done, so the device never idles.
                     if pending is not None:
