@@ -15,7 +15,7 @@ CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 # Defaults that depend on the data source; applied to fields left unset (None / "auto").
 # The built-in digits are a 2-minute CPU demo, so they get the tiny backbone.
 SOURCE_DEFAULTS: dict[str, dict[str, Any]] = {
-    "digits": {"backbone": "tiny", "epochs": 15, "batch_size": 256, "eval_every": 5},
+    "digits": {"backbone": "tiny", "epochs": 30, "batch_size": 256, "eval_every": 10},
 }
 GENERIC_DEFAULTS: dict[str, Any] = {"backbone": "resnet18", "epochs": 100, "batch_size": 256, "eval_every": 10}
 
