@@ -45,11 +45,16 @@ class _NumpyOnlyUnpickler(pickle.Unpickler):
     """The official CIFAR files are pickles; allow only the numpy array types they contain, so a
     tampered file cannot run code when it is read."""
 
+    # What numpy arrays pickle to: _reconstruct (protocols 0-4, the official Python 2 files),
+    # _frombuffer (protocol 5), and _codecs.encode for raw bytes written by Python 3 at protocol <= 2.
     _ALLOWED = {
         ("numpy.core.multiarray", "_reconstruct"),
         ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy.core.numeric", "_frombuffer"),
+        ("numpy._core.numeric", "_frombuffer"),
         ("numpy", "ndarray"),
         ("numpy", "dtype"),
+        ("_codecs", "encode"),
     }
 
     def find_class(self, module: str, name: str):  # noqa: ANN201
@@ -108,6 +113,7 @@ def load_cifar(
     name: str, split: str = "train", data_dir: str | Path | None = None, limit: int | None = None, seed: int = 0
 ) -> ImageSet:
     spec = _CIFAR[name]
+    split = "test" if split == "val" else split  # CIFAR has no validation split; its test split serves
     searched = []
     for directory in search_dirs(data_dir):
         folder, packed = directory / spec["folder"], directory / spec["packed"]
