@@ -65,6 +65,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     config = build_config(args.config, values, args.overrides)
     if args.resume and not config.name:
         raise SelfsupError("--resume needs --name: the run to continue.")
+    saved = Path(config.run_dir) / config.name / "config.yaml" if args.resume else None
+    if saved is not None and saved.is_file() and not args.config:
+        # Resume the run as it was configured (its config.yaml); flags and key=value given now override it.
+        config = build_config(str(saved), values, args.overrides)
     summary = train(config, resume=args.resume)
     _print_summary(summary)
     return 0
@@ -271,8 +275,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except SelfsupError as exc:
-        print(f"selfsup: error: {exc}", file=sys.stderr)
-        return 2
+        code = int(getattr(exc, "exit_code", 2))  # TrainingInterrupted: 130 / 143
+        print(f"selfsup: {'error: ' if code == 2 else ''}{exc}", file=sys.stderr)
+        return code
     except KeyboardInterrupt:
         print("selfsup: interrupted", file=sys.stderr)
         return 130

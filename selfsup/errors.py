@@ -32,6 +32,15 @@ class NonFiniteLossError(SelfsupError):
     """The loss became NaN or infinite; the message names the step."""
 
 
+class TrainingInterrupted(SelfsupError):
+    """Training stopped on SIGINT/SIGTERM after saving a checkpoint; the command exits with
+    ``exit_code`` (128 + the signal number: 130 for Ctrl-C, 143 for SIGTERM)."""
+
+    def __init__(self, message: str, exit_code: int = 130) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
 def closest(name: str, choices: Iterable[str]) -> str:
     """A ' Did you mean ...?' suffix naming the closest valid choice, or '' if none is close."""
     match = difflib.get_close_matches(name, list(choices), n=1, cutoff=0.5)

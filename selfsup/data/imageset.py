@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -13,6 +14,17 @@ from PIL import Image, ImageOps
 # PIL's own guard only warns below 2 x 89 M pixels; we refuse earlier and say why, because a
 # 10,000 x 10,000 image in a folder of photos is far more likely a mistake (or an attack) than data.
 DEFAULT_MAX_IMAGE_PIXELS = 64_000_000
+# Our guard runs right after Pillow reads the header, before any pixel is decoded, and refuses
+# every image over the limit with a message; Pillow's own warning (at 89 M pixels) would only
+# repeat it as noise. Pillow's hard error (at 179 M) is kept, and reported as the same guard.
+warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
+
+
+def _too_large(width: int, height: int, max_pixels: int) -> str:
+    return (
+        f"{width}x{height} px exceeds the limit of {max_pixels:,} pixels (a decompression-bomb guard; "
+        "if the image is genuine, raise max_image_pixels)"
+    )
 
 
 @dataclass
@@ -115,13 +127,13 @@ def open_image(
     Raises ``ValueError`` with a short reason for anything that is not a usable image.
     """
     try:
-        image = Image.open(io.BytesIO(source) if isinstance(source, bytes) else source)
+        try:
+            image = Image.open(io.BytesIO(source) if isinstance(source, bytes) else source)
+        except Image.DecompressionBombError as exc:
+            raise ValueError(f"{exc} (a decompression-bomb guard)") from None
         width, height = image.size
         if width * height > max_pixels:
-            raise ValueError(
-                f"{width}x{height} px exceeds the limit of {max_pixels:,} pixels (a decompression-bomb "
-                "guard; raise max_image_pixels if the image is genuine)"
-            )
+            raise ValueError(_too_large(width, height, max_pixels))
         if draft_size is not None and image.format == "JPEG":
             image.draft("RGB", (draft_size, draft_size))
         image.seek(0)  # first frame of GIFs and multi-page TIFFs

@@ -14,7 +14,7 @@ import io
 import os
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -23,6 +23,9 @@ from ..errors import CheckpointError
 FORMAT = "selfsup-checkpoint"
 VERSION = 1
 _NAME = re.compile(r"^step-(\d{9})\.pt$")
+TMP_MARK = ".tmp-"  # temporary files are ".<name>.tmp-<pid>": never matched by _NAME
+_TMP = re.compile(r"^\..+\.tmp-\d+$")
+QUARANTINE_SUFFIX = ".damaged"
 
 
 def checkpoint_dir(run_dir: str | Path) -> Path:
@@ -46,15 +49,18 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-def atomic_write_bytes(path: Path, payload: bytes) -> None:
+def atomic_write_bytes(path: Path, payload: bytes, before_replace: Callable[[], None] | None = None) -> None:
     """Write ``payload`` to ``path`` via a temporary file and rename; the old file stays intact
-    if anything fails (disk full, permissions, a kill) before the rename."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    if anything fails (disk full, permissions, a kill) before the rename. ``before_replace`` runs
+    once the new content is safely on disk, just before the rename."""
+    tmp = path.with_name(f".{path.name}{TMP_MARK}{os.getpid()}")
     try:
         with open(tmp, "wb") as handle:
             handle.write(payload)
             handle.flush()
             os.fsync(handle.fileno())
+        if before_replace is not None:
+            before_replace()
         os.replace(tmp, path)
     except BaseException:
         try:
@@ -73,8 +79,12 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
     payload = buffer.getvalue()
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_bytes(path, payload)
-        atomic_write_bytes(path.with_name(path.name + ".sha256"), hashlib.sha256(payload).hexdigest().encode())
+        digest = path.with_name(path.name + ".sha256")
+        # An older file of the same name (a step replayed after a resume) must not keep its old
+        # checksum beside the new content: drop it first. A kill between the two renames leaves a
+        # complete checkpoint without checksum, which still loads.
+        atomic_write_bytes(path, payload, before_replace=lambda: digest.unlink(missing_ok=True))
+        atomic_write_bytes(digest, hashlib.sha256(payload).hexdigest().encode())
     except OSError as exc:
         raise CheckpointError(
             f"could not write checkpoint '{path}': {exc.strerror or exc}. The previous checkpoint is intact; "
@@ -118,16 +128,57 @@ def list_checkpoints(run_dir: str | Path) -> list[Path]:
     return sorted(found, key=lambda p: int(_NAME.match(p.name).group(1)), reverse=True)
 
 
-def latest_good_checkpoint(run_dir: str | Path, map_location: str | torch.device = "cpu") -> tuple[Path, dict[str, Any]] | None:
-    """The newest checkpoint that loads; a damaged newer one is reported and skipped."""
+def latest_good_checkpoint(
+    run_dir: str | Path, map_location: str | torch.device = "cpu", quarantine: bool = False
+) -> tuple[Path, dict[str, Any]] | None:
+    """The newest checkpoint that loads; a damaged newer one is reported and skipped.
+
+    With ``quarantine`` (the caller holds the run's lock) a damaged file is renamed to
+    ``<name>.damaged``, kept for inspection but never again taken for a checkpoint: otherwise it
+    would count among the newest ones that pruning keeps, and could push out the good ones.
+    Raises :class:`CheckpointError` when checkpoints exist but none loads: resuming from scratch
+    then would silently throw the run away.
+    """
     import sys
 
+    damaged = []
     for path in list_checkpoints(run_dir):
         try:
             return path, load_checkpoint(path, map_location)
         except CheckpointError as exc:
-            print(f"selfsup: {exc} Falling back to the previous checkpoint.", file=sys.stderr)
+            damaged.append(str(exc))
+            note = ""
+            if quarantine:
+                for victim in (path, path.with_name(path.name + ".sha256")):
+                    try:
+                        victim.rename(victim.with_name(victim.name + QUARANTINE_SUFFIX))
+                    except OSError:
+                        pass
+                note = f" (renamed to {path.name}{QUARANTINE_SUFFIX})"
+            print(f"selfsup: {exc}{note} Falling back to the previous checkpoint.", file=sys.stderr)
+    if damaged:
+        raise CheckpointError(
+            f"none of the {len(damaged)} checkpoint(s) in '{checkpoint_dir(run_dir)}' can be loaded "
+            f"(newest: {damaged[0]}). Restore a good copy there, or start a new run under another --name."
+        )
     return None
+
+
+def remove_stale_temp_files(run_dir: str | Path) -> list[Path]:
+    """Delete temporary files left by a process killed mid-write (only while holding the run's
+    lock: then no live process is writing them). Returns what was removed."""
+    removed = []
+    for directory in (Path(run_dir), checkpoint_dir(run_dir)):
+        if not directory.is_dir():
+            continue
+        for path in directory.iterdir():
+            if _TMP.match(path.name) and path.is_file():
+                try:
+                    path.unlink()
+                    removed.append(path)
+                except OSError:
+                    pass
+    return removed
 
 
 def prune_checkpoints(run_dir: str | Path, keep: int) -> None:

@@ -36,6 +36,7 @@ class TrainConfig:
     val_data: str | None = None  # labelled data for kNN monitoring; default: the source's test split
     image_size: int | None = None  # stored side of folder images (default 64); built-ins keep theirs
     train_subset: int | None = None  # train on a fixed random subset of this many images
+    max_image_pixels: int = 64_000_000  # decompression-bomb guard: larger images are skipped, with a message
     test_subset: int | None = None  # monitor on a fixed random subset of the test split
     recipe: str | None = None  # augmentation recipe; default: the method's
     augment: dict[str, Any] = field(default_factory=dict)  # overrides of the recipe's fields
@@ -70,6 +71,7 @@ class TrainConfig:
     name: str | None = None  # run name; default <method>-<data>-<time>
     log_every: int = 20  # steps between logged metrics
     checkpoint_every: int = 1  # epochs between checkpoints
+    checkpoint_every_steps: int = 0  # also every N optimizer steps (long epochs, pre-emptible jobs); 0: off
     keep_checkpoints: int = 2  # newest checkpoints kept
     skip_nonfinite: bool = False  # skip steps whose loss is NaN/Inf instead of stopping
     progress: bool = True  # progress bar
@@ -105,7 +107,7 @@ class TrainConfig:
             if value is None or value <= 0:
                 raise ConfigError(f"{name} must be > 0, got {value}.")
 
-        for name in ("epochs", "batch_size", "max_steps", "train_subset", "test_subset", "image_size"):
+        for name in ("epochs", "batch_size", "max_steps", "train_subset", "test_subset", "image_size", "max_image_pixels"):
             positive(name)
         if self.lr is not None and self.lr <= 0:
             raise ConfigError(f"lr must be > 0, got {self.lr}.")
@@ -119,8 +121,11 @@ class TrainConfig:
             raise ConfigError(f"knn_k and knn_temperature must be > 0, got {self.knn_k} and {self.knn_temperature}.")
         if not 0 <= self.momentum < 1:
             raise ConfigError(f"momentum must be in [0, 1), got {self.momentum}.")
-        if self.log_every <= 0 or self.checkpoint_every < 0 or self.keep_checkpoints < 1:
-            raise ConfigError("log_every must be > 0, checkpoint_every >= 0 and keep_checkpoints >= 1.")
+        if self.log_every <= 0 or self.checkpoint_every < 0 or self.checkpoint_every_steps < 0 or self.keep_checkpoints < 1:
+            raise ConfigError(
+                "log_every must be > 0, checkpoint_every and checkpoint_every_steps >= 0 and keep_checkpoints >= 1; got "
+                f"{self.log_every}, {self.checkpoint_every}, {self.checkpoint_every_steps} and {self.keep_checkpoints}."
+            )
         if self.eval_every is not None and self.eval_every < 0:
             raise ConfigError(f"eval_every must be >= 0, got {self.eval_every}.")
 

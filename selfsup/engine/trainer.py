@@ -9,11 +9,14 @@ states, the method's buffers, the position in the epoch) is in each checkpoint.
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
 import random
+import signal
 import sys
+import threading
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -26,12 +29,13 @@ import yaml
 
 from ..augment import Recipe, create_recipe
 from ..data import BatchLoader, ImageSet, load_dataset
-from ..errors import ConfigError, DataError, NonFiniteLossError, SelfsupError
+from ..errors import ConfigError, DataError, NonFiniteLossError, SelfsupError, TrainingInterrupted
 from ..eval import extract_features, knn_accuracy
 from ..methods import Method, Progress, create
 from ..nn import create_backbone, ema_update, get_rank, get_world_size
 from . import checkpoint as ckpt
 from .config import TrainConfig
+from .lock import RunLock
 from .logger import MetricsLogger
 from .logger import Progress as ProgressBar
 from .optim import apply_schedule, build_optimizer, cosine_schedule, scaled_lr
@@ -71,6 +75,37 @@ def build_recipe(config: TrainConfig, method: Method, image_size: int) -> Recipe
     name = config.recipe or choice.name
     overrides = {**(choice.overrides if name == choice.name else {}), **config.augment}
     return create_recipe(name, image_size, **overrides)
+
+
+def _free_memory(device: torch.device) -> int | None:
+    """Bytes free for new tensors on ``device`` (None when unknown)."""
+    try:
+        if device.type == "cuda":
+            return int(torch.cuda.mem_get_info(device)[0])
+        if device.type == "cpu":
+            with open("/proc/meminfo") as handle:
+                for line in handle:
+                    if line.startswith("MemAvailable:"):
+                        return int(line.split()[1]) * 1024
+            return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+    except (OSError, ValueError, AttributeError, RuntimeError):
+        pass
+    return None
+
+
+def check_views_memory(recipe: Recipe, batch_size: int, device: torch.device) -> None:
+    """Refuse, before training, a recipe whose views alone cannot fit in memory (say, thousands
+    of local crops). The float32 views of one step are a lower bound of what the step needs (the
+    activations take many times more), so this refuses only what cannot possibly run."""
+    need = batch_size * sum(spec.count * 3 * spec.size**2 * 4 for spec in recipe.views)
+    free = _free_memory(device)
+    if free is not None and need > free:
+        kinds = " + ".join(f"{spec.count} of {spec.size} px" for spec in recipe.views)
+        raise ConfigError(
+            f"the augmented views alone would need {need / 2**30:.1f} GiB per step (batch {batch_size} x views "
+            f"{kinds}), more than the {free / 2**30:.1f} GiB free on {device}. Use fewer or smaller crops "
+            "(e.g. augment.num_local, augment.local_size) or a smaller batch_size."
+        )
 
 
 def load_eval_sets(config: TrainConfig, train: ImageSet) -> tuple[ImageSet, ImageSet] | None:
@@ -160,7 +195,7 @@ class Trainer:
 
         self.train_set = load_dataset(
             config.data, "train", data_dir=config.data_dir, image_size=config.image_size,
-            limit=config.train_subset, seed=config.seed,
+            limit=config.train_subset, seed=config.seed, max_image_pixels=config.max_image_pixels,
         )
         if config.batch_size > len(self.train_set):
             raise ConfigError(
@@ -175,6 +210,7 @@ class Trainer:
         if self.device.type == "cuda" and config.channels_last:
             self.method = self.method.to(memory_format=torch.channels_last)
         self.recipe = build_recipe(config, self.method, self.image_size)
+        check_views_memory(self.recipe, config.batch_size // self.world_size, self.device)
         self.forward = torch.compile(self.method) if config.compile else self.method
 
         self.loader = BatchLoader(
@@ -211,20 +247,54 @@ class Trainer:
         return f"{self.config.method}-{data}-{time.strftime('%Y%m%d-%H%M%S')}"
 
     def _prepare_run_dir(self, resume: bool) -> None:
+        """Create the run directory and hold its lock (one process per run, see lock.py) until
+        :meth:`close`; with ``resume``, restore the newest checkpoint that loads."""
+        self._lock: RunLock | None = None
+        if self.is_main:
+            try:
+                self.run_dir.mkdir(parents=True, exist_ok=True)
+                self._lock = RunLock(self.run_dir)
+                self._lock.acquire()
+            except OSError as exc:
+                raise ConfigError(
+                    f"cannot write the run directory '{self.run_dir}': {exc.strerror or exc}. "
+                    "Choose a writable --run-dir with free space."
+                ) from None
+        try:
+            self._open_run(resume)
+        except BaseException:
+            self.close()
+            raise
+
+    def _open_run(self, resume: bool) -> None:
         exists = (self.run_dir / "config.yaml").is_file()
         if exists and not resume:
             raise ConfigError(
                 f"run directory '{self.run_dir}' already holds a run. Continue it with --resume, "
                 "or choose another --name."
             )
+        if self.is_main:
+            ckpt.remove_stale_temp_files(self.run_dir)  # left by a process killed mid-write
         if resume and exists:
-            found = ckpt.latest_good_checkpoint(self.run_dir, map_location=self.device)
+            found = ckpt.latest_good_checkpoint(self.run_dir, map_location=self.device, quarantine=self.is_main)
             if found is not None:
                 self._restore(*found)
+            else:
+                print(f"selfsup: '{self.run_dir}' has no checkpoint yet; starting it from step 0.", file=sys.stderr)
+        elif resume:
+            print(f"selfsup: nothing to resume in '{self.run_dir}'; starting a new run there.", file=sys.stderr)
         if self.is_main:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
             text = yaml.safe_dump(self.config.to_dict(), sort_keys=False)
-            ckpt.atomic_write_bytes(self.run_dir / "config.yaml", text.encode())
+            try:
+                ckpt.atomic_write_bytes(self.run_dir / "config.yaml", text.encode())
+            except OSError as exc:
+                raise ConfigError(f"cannot write '{self.run_dir / 'config.yaml'}': {exc.strerror or exc}.") from None
+
+    def close(self) -> None:
+        """Release the run directory's lock (:meth:`fit` does this when it ends)."""
+        lock, self._lock = getattr(self, "_lock", None), None
+        if lock is not None:
+            lock.release()
 
     def _restore(self, path: Path, state: dict[str, Any]) -> None:
         try:
@@ -263,6 +333,14 @@ class Trainer:
         }
         if self.online_probe is not None:
             state["online_probe"] = self.online_probe.state_dict()
+        broken = [k for k, v in state["model"].items() if torch.is_tensor(v) and v.is_floating_point() and not bool(torch.isfinite(v).all())]
+        if broken:  # never let a diverged model replace a good checkpoint
+            last = ckpt.list_checkpoints(self.run_dir)
+            raise NonFiniteLossError(
+                f"the parameters became NaN/Inf by step {self.state.step} ({', '.join(broken[:3])}); not saving them, "
+                f"{'the last good checkpoint is ' + str(last[0]) if last else 'no checkpoint had been written yet'}. "
+                "Lower the learning rate or enable grad_clip."
+            )
         path = ckpt.save_checkpoint(ckpt.checkpoint_path(self.run_dir, self.state.step), state)
         ckpt.prune_checkpoints(self.run_dir, self.config.keep_checkpoints)
         return path
@@ -335,6 +413,69 @@ class Trainer:
         return loss.detach(), out
 
     def fit(self) -> dict[str, Any]:
+        """Train to the end and return the summary. SIGINT/SIGTERM save a checkpoint after the
+        current step and raise :class:`TrainingInterrupted`; the run directory is released
+        whatever happens."""
+        handlers = self._catch_stop_signals()
+        try:
+            return self._fit()
+        except RuntimeError as exc:  # torch.OutOfMemoryError (CUDA) or the CPU allocator's error
+            if not isinstance(exc, torch.OutOfMemoryError) and "can't allocate memory" not in str(exc):
+                raise
+            raise SelfsupError(
+                f"out of memory at step {self.state.step} on {self.device} (batch_size {self.config.batch_size}, "
+                f"{self.recipe.num_views} views). Lower batch_size, use fewer or smaller crops, or precision=bf16 on a GPU."
+            ) from None
+        except OSError as exc:
+            if exc.errno not in _WRITE_ERRNOS:
+                raise
+            last = ckpt.list_checkpoints(self.run_dir)
+            raise SelfsupError(
+                f"cannot write '{exc.filename}': {exc.strerror}. Training stopped; "
+                f"{'the last checkpoint is ' + str(last[0]) if last else 'no checkpoint had been written yet'}. "
+                "Free disk space, then continue with --resume."
+            ) from None
+        finally:
+            for signum, handler in handlers.items():
+                signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
+            self.close()
+
+    def _catch_stop_signals(self) -> dict[int, Any]:
+        """Ctrl-C or SIGTERM (a cluster's pre-emption) asks the loop to save a checkpoint after
+        the current step and stop; a second one stops at once (the last checkpoint stays)."""
+        self._stop_signal: int | None = None
+        if threading.current_thread() is not threading.main_thread():
+            return {}
+        previous = {}
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            try:
+                previous[signum] = signal.signal(signum, self._on_stop_signal)
+            except (ValueError, OSError):
+                pass
+        return previous
+
+    def _on_stop_signal(self, signum: int, frame: Any) -> None:
+        if self._stop_signal is not None:
+            raise KeyboardInterrupt
+        self._stop_signal = signum
+        os.write(2, (
+            f"\nselfsup: {signal.Signals(signum).name} received: saving a checkpoint after this step, then stopping "
+            "(send it again to stop at once).\n"
+        ).encode())
+
+    def _stop_for_signal(self, pending: tuple[int, torch.Tensor] | None) -> None:
+        if pending is not None:
+            self._check_finite(*pending)
+        path = self.save_checkpoint()
+        signum = int(self._stop_signal or signal.SIGINT)
+        raise TrainingInterrupted(
+            f"stopped by {signal.Signals(signum).name} at step {self.state.step} (epoch {self.state.epoch}); "
+            f"checkpoint saved: {path}. Continue with: selfsup train --run-dir {self.config.run_dir} "
+            f"--name {self.run_dir.name} --resume",
+            exit_code=128 + signum,
+        )
+
+    def _fit(self) -> dict[str, Any]:
         config, state = self.config, self.state
         start_time = time.time()
         if state.step == 0 and state.knn_random is None:
@@ -376,6 +517,12 @@ class Trainer:
                                    lr=record["lr"], img_s=round(record["images_per_s"]))
                         interval_loss.zero_()
                         interval_steps, interval_start = 0, time.perf_counter()
+                    every = config.checkpoint_every_steps
+                    if every and state.step % every == 0 and state.step < self.total_steps:
+                        self._check_finite(*pending)
+                        self.save_checkpoint()
+                    if self._stop_signal is not None:
+                        self._stop_for_signal(pending)
                     if state.step >= self.total_steps:
                         break
                 if pending is not None:
@@ -445,6 +592,10 @@ class Trainer:
         if self.is_main:
             ckpt.atomic_write_bytes(self.run_dir / "summary.json", json.dumps(summary, indent=2).encode())
         return summary
+
+
+# Write failures that are the machine's, not a bug: disk full, quota, file too large, read-only, denied.
+_WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM}
 
 
 def _numpy_state_to(state: tuple) -> dict[str, Any]:
