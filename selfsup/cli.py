@@ -210,6 +210,8 @@ def cmd_pack(args: argparse.Namespace) -> int:
     from .data import load_dataset, write_packed
     from .errors import DataError
 
+    if Path(args.out).suffix != ".npz":  # before decoding anything
+        raise DataError(f"the packed output must end in .npz, got '{args.out}'.")
     splits = {}
     classes: list[str] = []
     for split in ("train", "test"):
