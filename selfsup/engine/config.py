@@ -79,7 +79,8 @@ class TrainConfig:
     def method_defaults(self) -> dict[str, Any]:
         from ..methods import get
 
-        return dict(getattr(get(self.method), "optim_defaults", {}))
+        backbone = self.backbone or SOURCE_DEFAULTS.get(self.data, GENERIC_DEFAULTS).get("backbone", GENERIC_DEFAULTS["backbone"])
+        return get(self.method).optim_defaults_for(backbone)
 
     def resolve(self) -> TrainConfig:
         """Fill every ``None`` from the method's and the data source's defaults, then validate."""

@@ -79,6 +79,12 @@ class Method(nn.Module):
     # decay, grad_clip), each overridable from the config.
     optim_defaults: ClassVar[dict[str, Any]] = {"optimizer": "sgd", "lr": 0.05, "weight_decay": 5e-4}
 
+    @classmethod
+    def optim_defaults_for(cls, backbone: str) -> dict[str, Any]:
+        """``optim_defaults`` for a backbone name; override where the paper's optimizer depends on
+        the architecture (MoCo v3: LARS for ResNets, AdamW for ViTs)."""
+        return dict(cls.optim_defaults)
+
     def __init__(self, backbone: Backbone, config: MethodConfig) -> None:
         super().__init__()
         self.backbone = backbone
