@@ -1,0 +1,57 @@
+"""``python driver.py ARGS``: ``selfsup ARGS`` in a real process, with faults injected as the JSON
+in ``$SELFSUP_FAULTS`` asks (the tests' only way in; selfsup itself has no test hooks):
+
+- ``{"nonfinite_at_step": N, "value": "nan"|"inf"}``: the SimCLR loss of the N-th training step
+  this process runs (0-based) is multiplied by NaN or has Inf added, before backward;
+- ``{"pause_before_rename": K, "suffix": ".pt"|".sha256"}``: when the K-th file of a checkpoint
+  with that suffix (1-based, in this process) is complete on disk under its temporary name, print
+  ``FAULT paused <tmp> -> <final>`` to stderr and sleep, so the test can kill the process there.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+
+
+def main() -> int:
+    faults = json.loads(os.environ.get("SELFSUP_FAULTS") or "{}")
+    if "nonfinite_at_step" in faults:
+        from selfsup.methods.simclr import SimCLR  # the tests' method; forward runs once per step
+
+        real_forward = SimCLR.forward
+        target, value = int(faults["nonfinite_at_step"]), faults.get("value", "nan")
+        calls = {"n": 0}
+
+        def forward(self, views, index=None):  # noqa: ANN001, ANN202
+            out = real_forward(self, views, index)
+            if calls["n"] == target:
+                out["loss"] = out["loss"] * float("nan") if value == "nan" else out["loss"] + float("inf")
+            calls["n"] += 1
+            return out
+
+        SimCLR.forward = forward
+    if "pause_before_rename" in faults:
+        real_replace = os.replace
+        target, suffix = int(faults["pause_before_rename"]), faults.get("suffix", ".pt")
+        seen = {"n": 0}
+
+        def replace(src, dst, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
+            name = os.fspath(dst)
+            if os.path.basename(name).startswith("step-") and name.endswith(suffix):
+                seen["n"] += 1
+                if seen["n"] == target:
+                    print(f"FAULT paused {os.fspath(src)} -> {name}", file=sys.stderr, flush=True)
+                    time.sleep(3600)
+            return real_replace(src, dst, *args, **kwargs)
+
+        os.replace = replace
+    from selfsup.cli import main as selfsup_main
+
+    return selfsup_main(sys.argv[1:])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

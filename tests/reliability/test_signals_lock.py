@@ -1,0 +1,79 @@
+"""SIGTERM/SIGINT save a checkpoint at the current step and exit 143/130; resume continues from
+that step. One process per run directory: a second refuses while the first lives, with or without
+--resume; a lock left by a killed process is detected as stale and taken over."""
+
+from __future__ import annotations
+
+import re
+import signal
+from pathlib import Path
+
+from .conftest import EPOCHS
+from .helpers import (
+    STEPS_PER_EPOCH, assert_same_parameters, checkpoints, final_model, kill, logged_steps, no_traceback, run, start,
+    step_of, text_of, tiny_args, wait_for,
+)
+from selfsup.engine.lock import read_holder
+
+
+def _stopped_at(stderr: str, name: str) -> int:
+    found = re.search(rf"stopped by {name} at step (\d+) \(epoch \d+\); checkpoint saved: (\S+step-(\d+)\.pt)", stderr)
+    assert found, stderr
+    assert int(found.group(1)) == int(found.group(3))
+    assert "--resume" in stderr
+    return int(found.group(1))
+
+
+def test_sigterm_then_sigint_checkpoint_the_current_step_and_resume_continues_there(tmp_path: Path, reference_model) -> None:
+    # Checkpoints only at epoch ends, so the ones the signals write are visibly theirs.
+    args = tiny_args(tmp_path, epochs=EPOCHS, checkpoint_every_steps=0)
+    run_dir = tmp_path / "run"
+    stopped = 0
+    for attempt, (signum, name, status) in enumerate([(signal.SIGTERM, "SIGTERM", 143), (signal.SIGINT, "SIGINT", 130)]):
+        err = tmp_path / f"stderr-{name}.txt"
+        process = start(args + (["--resume"] if attempt else []), stderr_path=err)
+        target = stopped + 3 + attempt * STEPS_PER_EPOCH // 2
+        wait_for(lambda: logged_steps(run_dir) >= target, process, what=f"step {target}")
+        assert kill(process, signum) == status, text_of(err)
+        text = text_of(err)
+        no_traceback(text)
+        if attempt:
+            assert f"resumed from {run_dir / 'checkpoints'}/step-{stopped:09d}.pt" in text, text
+        stopped = _stopped_at(text, name)
+        assert stopped >= target and step_of(checkpoints(run_dir)[0]) == stopped
+    result = run(args + ["--resume"])
+    assert result.returncode == 0, result.stderr
+    assert f"step-{stopped:09d}.pt (epoch {stopped // STEPS_PER_EPOCH}, step {stopped})" in result.stderr
+    assert_same_parameters(final_model(run_dir), reference_model)
+
+
+def test_second_process_refuses_a_locked_run_and_a_stale_lock_is_taken_over(tmp_path: Path) -> None:
+    args = tiny_args(tmp_path, epochs=400)  # runs until stopped
+    run_dir = tmp_path / "run"
+    # The first run trains two steps, then holds still (lock held) while writing its third
+    # checkpoint, so the refused processes below do not compete with it for the CPU.
+    first_err = tmp_path / "first.txt"
+    first = start(args, faults={"pause_before_rename": 3}, stderr_path=first_err)
+    try:
+        wait_for(lambda: "FAULT paused" in text_of(first_err), first, what="the first run to train")
+        assert read_holder(run_dir / "LOCK")["pid"] == str(first.pid)
+        for extra in ([], ["--resume"]):
+            second = run(args + extra)
+            assert second.returncode == 2, second.stderr
+            no_traceback(second.stderr)
+            assert f"is in use by another selfsup process (pid {first.pid} on" in second.stderr, second.stderr
+        assert first.poll() is None, "the refused processes must not disturb the running one"
+    finally:
+        kill(first)
+    # SIGKILL left the LOCK file behind, naming a process that no longer exists.
+    assert read_holder(run_dir / "LOCK")["pid"] == str(first.pid)
+    err = tmp_path / "resumed.txt"
+    resumed = start(args + ["--resume"], stderr_path=err)
+    newest = step_of(checkpoints(run_dir)[0])
+    wait_for(lambda: logged_steps(run_dir) >= newest + 2 and "resumed from" in text_of(err), resumed, what="the resumed run")
+    assert kill(resumed, signal.SIGTERM) == 143
+    text = text_of(err)
+    assert f"taking over a stale lock in '{run_dir}' left by pid {first.pid}" in text, text
+    assert not (run_dir / "LOCK").exists(), "the lock is released when the run stops"
+    fresh = run(args)  # a new run into a directory that holds one
+    assert fresh.returncode == 2 and "already holds a run. Continue it with --resume" in fresh.stderr, fresh.stderr
