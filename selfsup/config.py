@@ -8,6 +8,8 @@ which is one of the complaints users of other libraries raise most often.
 from __future__ import annotations
 
 import dataclasses
+import math
+import re
 import types
 import typing
 from pathlib import Path
@@ -18,6 +20,23 @@ import yaml
 from .errors import ConfigError, closest
 
 T = TypeVar("T")
+
+
+class _SafeLoader(yaml.SafeLoader):
+    """PyYAML's safe loader (no Python objects), reading ``1e-3`` and ``1e30`` as numbers: YAML 1.1
+    wants a dot and a signed exponent (``1.0e-3``), so it would return the string '1e-3'."""
+
+
+_SafeLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$"),
+    list("-+0123456789."),
+)
+
+
+def safe_load(text: str) -> Any:
+    """``yaml.safe_load`` with YAML 1.2 numbers (see :class:`_SafeLoader`)."""
+    return yaml.load(text, Loader=_SafeLoader)  # noqa: S506 - a SafeLoader subclass
 
 
 def _type_name(tp: Any) -> str:
@@ -80,6 +99,8 @@ def coerce(value: Any, tp: Any, where: str) -> Any:
         raise ConfigError(f"{where}: expected an integer, got {value!r}.")
     if tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if not math.isfinite(value):
+                raise ConfigError(f"{where}: expected a finite number, got {value!r}.")
             return float(value)
         raise ConfigError(f"{where}: expected a number, got {value!r}.")
     if tp is str:
@@ -140,7 +161,7 @@ def to_dict(obj: Any) -> Any:
 def parse_value(text: str) -> Any:
     """A command-line value as YAML: ``0.5`` -> float, ``true`` -> bool, ``[0.2,1]`` -> list."""
     try:
-        return yaml.safe_load(text)
+        return safe_load(text)
     except yaml.YAMLError:
         return text
 
@@ -180,7 +201,7 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError(f"config file '{path}' does not exist.")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = safe_load(path.read_text()) or {}
     except yaml.YAMLError as exc:
         raise ConfigError(f"config file '{path}' is not valid YAML: {exc}") from None
     if not isinstance(data, dict):

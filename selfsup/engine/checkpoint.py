@@ -119,12 +119,18 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     return state
 
 
+def checkpoint_step(path: str | Path) -> int | None:
+    """The step in a checkpoint's file name (None for other files)."""
+    found = _NAME.match(Path(path).name)
+    return int(found.group(1)) if found else None
+
+
 def list_checkpoints(run_dir: str | Path) -> list[Path]:
     """The run's checkpoints, newest (highest step) first."""
     directory = checkpoint_dir(run_dir)
     if not directory.is_dir():
         return []
-    found = [p for p in directory.iterdir() if _NAME.match(p.name)]
+    found = [p for p in directory.iterdir() if _NAME.match(p.name) and not p.is_dir()]
     return sorted(found, key=lambda p: int(_NAME.match(p.name).group(1)), reverse=True)
 
 
@@ -141,21 +147,25 @@ def latest_good_checkpoint(
     """
     import sys
 
-    damaged = []
+    damaged: list[str] = []
     for path in list_checkpoints(run_dir):
         try:
-            return path, load_checkpoint(path, map_location)
+            state = load_checkpoint(path, map_location)
         except CheckpointError as exc:
             damaged.append(str(exc))
-            note = ""
-            if quarantine:
-                for victim in (path, path.with_name(path.name + ".sha256")):
+            print(f"selfsup: {exc} Falling back to the previous checkpoint.", file=sys.stderr)
+            continue
+        if quarantine:  # only once a good one is found: with none, nothing is moved
+            for newer in list_checkpoints(run_dir):
+                if checkpoint_step(newer) <= checkpoint_step(path):
+                    break
+                for victim in (newer, newer.with_name(newer.name + ".sha256")):
                     try:
                         victim.rename(victim.with_name(victim.name + QUARANTINE_SUFFIX))
                     except OSError:
                         pass
-                note = f" (renamed to {path.name}{QUARANTINE_SUFFIX})"
-            print(f"selfsup: {exc}{note} Falling back to the previous checkpoint.", file=sys.stderr)
+                print(f"selfsup: renamed the damaged {newer.name} to {newer.name}{QUARANTINE_SUFFIX}.", file=sys.stderr)
+        return path, state
     if damaged:
         raise CheckpointError(
             f"none of the {len(damaged)} checkpoint(s) in '{checkpoint_dir(run_dir)}' can be loaded "

@@ -44,9 +44,14 @@ from .optim import apply_schedule, build_optimizer, cosine_schedule, scaled_lr
 def pick_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError, TypeError):
+        raise ConfigError(f"unknown device '{name}'; use auto, cpu, cuda or cuda:N.") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"device '{name}' was asked for but CUDA is not available; use device=cpu or auto.")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise ConfigError(f"device '{name}' does not exist: this machine has {torch.cuda.device_count()} CUDA device(s).")
     return device
 
 
@@ -545,7 +550,13 @@ class Trainer:
         value = float(loss)
         if not math.isfinite(value):
             last = ckpt.list_checkpoints(self.run_dir)
-            where = f"the last good checkpoint is {last[0]}" if last else "no checkpoint had been written yet"
+            if last and ckpt.checkpoint_step(last[0]) == step:
+                # Saved before this loss was seen: its parameters are the ones that produced it.
+                where = f"the newest checkpoint {last[0]} holds the parameters that gave this loss" + (
+                    f"; the one before it is {last[1]}" if len(last) > 1 else ""
+                )
+            else:
+                where = f"the last good checkpoint is {last[0]}" if last else "no checkpoint had been written yet"
             raise NonFiniteLossError(
                 f"the loss became {value} at step {step} (epoch {self.state.epoch}); training stopped and {where}. "
                 "Lower the learning rate, enable grad_clip, or set skip_nonfinite=true to skip such steps."

@@ -140,3 +140,14 @@ def temp_files(run: Path) -> list[Path]:
 
 def no_traceback(text: str) -> None:
     assert "Traceback" not in text, text
+
+
+def run_batch(cases: dict[str, list[str]], cwd: Path | None = None, timeout: float = 900) -> dict[str, dict[str, Any]]:
+    """Run each ``selfsup`` argv of ``cases`` in one process (cli_batch.py); returns per case
+    ``status``, ``stdout``, ``stderr`` and ``escaped`` (a traceback that escaped ``main``)."""
+    result = subprocess.run(
+        [PYTHON, str(Path(__file__).with_name("cli_batch.py"))], input=json.dumps(cases), env=env(),
+        capture_output=True, text=True, timeout=timeout, cwd=cwd or ROOT,
+    )
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
