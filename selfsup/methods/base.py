@@ -9,7 +9,9 @@ A method owns its networks and its loss. The engine only calls what is declared 
 - ``before_optimizer_step(progress)``: gradient surgery (e.g. frozen prototypes in SwAV's first epoch);
 - ``after_optimizer_step(progress)``: queue, memory-bank and normalisation updates (never in forward);
 - ``representation(images)``: the features a probe uses (the backbone's by default);
-- ``param_groups()``: parameter groups with optional per-group options (e.g. a fixed learning rate).
+- ``param_groups()``: parameter groups with optional per-group options (e.g. a fixed learning rate);
+- ``bind_dataset(num_samples)``: the training-set size, before training or resuming (per-sample memories);
+- ``sync_batchnorm``: BN statistics over the global batch when distributed (from a ``sync_bn`` config field).
 
 Each method declares ``Config``, a dataclass of its hyper-parameters with the paper's defaults.
 """
@@ -114,6 +116,18 @@ class Method(nn.Module):
     def param_groups(self) -> list[dict[str, Any]]:
         """Trainable parameters as groups; a group may carry ``fixed_lr: True`` (no schedule)."""
         return [{"params": [p for p in self.parameters() if p.requires_grad]}]
+
+    def bind_dataset(self, num_samples: int) -> None:
+        """Told by the engine how many training samples there are (indices ``0 .. num_samples - 1``),
+        before training starts or a checkpoint is restored: methods that keep one entry per sample
+        (memory banks) size them here. Nothing to do for most methods."""
+
+    @property
+    def sync_batchnorm(self) -> bool:
+        """Whether BN statistics should be computed over the global batch across processes (the
+        distributed engine converts BN layers to ``SyncBatchNorm``). True when the method's config
+        has ``sync_bn: true``, as BYOL and SimSiam run it in their papers."""
+        return bool(getattr(self.config, "sync_bn", False))
 
     # -- evaluation --------------------------------------------------------------------------
     def representation(self, images: torch.Tensor) -> torch.Tensor:
