@@ -169,25 +169,31 @@ def resized_crop(
     side) are cut from at most 14% of the area, at most 0.43 of the side."""
     out_h, out_w = (size, size) if isinstance(size, int) else size
     batch, _, height, width = x.shape
-    boxes = boxes.to(device=x.device, dtype=x.dtype)
-    top, left, box_h, box_w = boxes.unbind(dim=1)
-    # Map output pixel centres to input pixel centres (align_corners=False convention).
-    sx = box_w / width
-    sy = box_h / height
-    tx = (2 * left + box_w) / width - 1
-    ty = (2 * top + box_h) / height - 1
-    if flip is not None:
-        sx = torch.where(flip.to(x.device), -sx, sx)
-    zero = torch.zeros_like(sx)
-    theta = torch.stack((torch.stack((sx, zero, tx), 1), torch.stack((zero, sy, ty), 1)), 1)
-    grid = F.affine_grid(theta, [batch, x.shape[1], out_h, out_w], align_corners=False)
-    # Keep every sample inside the box (between its first and last pixel centres): when upscaling,
-    # the outermost output pixels then repeat the crop's edge, as resizing the cropped image does,
-    # instead of blending in pixels from outside the crop.
-    low = torch.stack(((2 * left + 1) / width - 1, (2 * top + 1) / height - 1), 1).view(batch, 1, 1, 2)
-    high = torch.stack(((2 * (left + box_w) - 1) / width - 1, (2 * (top + box_h) - 1) / height - 1), 1)
-    grid = torch.clamp(grid, low, high.view(batch, 1, 1, 2))
+    top, left, box_h, box_w = boxes.to(device=x.device, dtype=x.dtype).unbind(dim=1)
+    flip = None if flip is None else flip.to(x.device)
+    # The sampling grid is separable (rows depend on y only, columns on x only): build one
+    # coordinate vector per axis instead of an affine grid, about 2x faster on the CPU.
+    ys = _sample_coords(top, box_h, out_h, height, None)
+    xs = _sample_coords(left, box_w, out_w, width, flip)
+    grid = torch.stack((xs[:, None, :].expand(batch, out_h, out_w), ys[:, :, None].expand(batch, out_h, out_w)), dim=-1)
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+
+def _sample_coords(start: torch.Tensor, length: torch.Tensor, out: int, size: int, flip: torch.Tensor | None) -> torch.Tensor:
+    """Per sample, the ``out`` source positions along one axis, in grid_sample's [-1, 1] units.
+
+    Output pixel j samples ``start + (j + 0.5) * length / out - 0.5`` (pixel centres, as
+    ``interpolate(align_corners=False)`` on the cropped image), mirrored where ``flip``, and kept
+    between the box's first and last pixel centres: when upscaling, the outermost output pixels
+    then repeat the crop's edge, as resizing the cropped image does, instead of blending in pixels
+    from outside the crop.
+    """
+    j = torch.arange(out, device=start.device, dtype=start.dtype).expand(start.shape[0], out)
+    if flip is not None:
+        j = torch.where(flip[:, None], out - 1 - j, j)
+    u = start[:, None] + (j + 0.5) * (length / out)[:, None] - 0.5
+    u = torch.minimum(torch.maximum(u, start[:, None]), (start + length - 1)[:, None])
+    return (2 * u + 1) / size - 1
 
 
 def hflip(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -204,19 +210,20 @@ _D65 = (0.95047, 1.0, 1.08883)
 
 
 def rgb_to_lab(x: torch.Tensor) -> torch.Tensor:
-    """sRGB in [0, 1] -> CIE Lab with L in [0, 100] and a, b about [-110, 110] (as skimage)."""
-    linear = torch.where(x > 0.04045, ((x + 0.055) / 1.055) ** 2.4, x / 12.92)
-    matrix = torch.tensor(_RGB_TO_XYZ, device=x.device, dtype=x.dtype)
-    xyz = torch.einsum("ij,bjhw->bihw", matrix, linear)
-    xyz = xyz / torch.tensor(_D65, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
-    eps = 216 / 24389
-    kappa = 24389 / 27
-    f = torch.where(xyz > eps, xyz.clamp_min(eps) ** (1 / 3), (kappa * xyz + 16) / 116)
-    fx, fy, fz = f.unbind(dim=1)
-    light = 116 * fy - 16
-    a = 500 * (fx - fy)
-    b = 200 * (fy - fz)
-    return torch.stack((light, a, b), dim=1)
+    """sRGB in [0, 1] -> CIE Lab with L in [0, 100] and a, b about [-110, 110] (as skimage).
+
+    Written plane by plane with multiplications by constants (the white point folded into the
+    matrix): no einsum, no broadcast divisions, about 2x faster on the CPU than the textbook form.
+    """
+    linear = torch.where(x > 0.04045, ((x + 0.055) * (1 / 1.055)) ** 2.4, x * (1 / 12.92))
+    r, g, b = linear.unbind(dim=1)
+    eps, kappa = 216 / 24389, 24389 / 27
+    f = []
+    for row, white in zip(_RGB_TO_XYZ, _D65):
+        t = (row[0] / white) * r + (row[1] / white) * g + (row[2] / white) * b  # X/Xn, Y/Yn, Z/Zn
+        f.append(torch.where(t > eps, t.clamp_min(eps) ** (1 / 3), t * (kappa / 116) + 16 / 116))
+    fx, fy, fz = f
+    return torch.stack((116 * fy - 16, 500 * (fx - fy), 200 * (fy - fz)), dim=1)
 
 
 def lab_to_rgb(lab: torch.Tensor) -> torch.Tensor:
