@@ -30,7 +30,13 @@ SPLITS = ("train", "test", "val")
 
 
 def packed_splits(path: str | Path) -> list[str]:
-    with np.load(path, allow_pickle=False) as archive:
+    try:
+        archive = np.load(path, allow_pickle=False)
+    except Exception as exc:  # not a zip (or a pickle np.load refuses): a user's file, not a bug
+        raise DataError(f"'{path}' is not a readable .npz file ({type(exc).__name__}: {str(exc)[:200]}).") from None
+    if not hasattr(archive, "files"):  # a bare .npy array saved under a .npz name
+        raise DataError(f"'{path}' is not a readable .npz file (it holds a single array, not the packed layout).")
+    with archive:
         return [s for s in SPLITS if f"{s}_jpeg" in archive.files]
 
 

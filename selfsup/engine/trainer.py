@@ -98,14 +98,27 @@ def _free_memory(device: torch.device) -> int | None:
     return None
 
 
+# Views per image a recipe may ask for. The papers use at most 12 (DINO: 2 global + 10 local;
+# SwAV: 2 + 6); a count far beyond is a typo (num_local=60 for 6) that would otherwise only show
+# as an out-of-memory error, or hours per epoch, after training has started.
+MAX_VIEWS_PER_IMAGE = 64
+
+
 def check_views_memory(recipe: Recipe, batch_size: int, device: torch.device) -> None:
-    """Refuse, before training, a recipe whose views alone cannot fit in memory (say, thousands
-    of local crops). The float32 views of one step are a lower bound of what the step needs (the
-    activations take many times more), so this refuses only what cannot possibly run."""
+    """Refuse, before training, a recipe with more views than :data:`MAX_VIEWS_PER_IMAGE` or whose
+    float32 views alone exceed the free memory of ``device``. The views are a lower bound of what
+    a step needs (the activations take many times more), so the memory check refuses only what
+    cannot possibly run; a step that still runs out of memory is reported as such, naming its step."""
+    kinds = " + ".join(f"{spec.count} of {spec.size} px" for spec in recipe.views)
+    count = sum(spec.count for spec in recipe.views)
+    if count > MAX_VIEWS_PER_IMAGE:
+        raise ConfigError(
+            f"the recipe asks for {count} views per image ({kinds}); selfsup allows at most {MAX_VIEWS_PER_IMAGE} "
+            "(the papers use up to 12). Lower augment.num_local (or the views' count)."
+        )
     need = batch_size * sum(spec.count * 3 * spec.size**2 * 4 for spec in recipe.views)
     free = _free_memory(device)
     if free is not None and need > free:
-        kinds = " + ".join(f"{spec.count} of {spec.size} px" for spec in recipe.views)
         raise ConfigError(
             f"the augmented views alone would need {need / 2**30:.1f} GiB per step (batch {batch_size} x views "
             f"{kinds}), more than the {free / 2**30:.1f} GiB free on {device}. Use fewer or smaller crops "

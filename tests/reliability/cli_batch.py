@@ -21,6 +21,7 @@ def main() -> int:
     cases = json.load(sys.stdin)
     results = {}
     for name, argv in cases.items():
+        print(f"cli_batch: {name}", file=sys.__stderr__, flush=True)  # where a hang would be
         out, err = io.StringIO(), io.StringIO()
         status, escaped = None, None
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
