@@ -94,8 +94,10 @@ def _print_summary(summary: dict[str, Any]) -> None:
 
 
 def _add_eval(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("eval", help="evaluate a run: knn or linear probe on frozen features")
-    esub = p.add_subparsers(dest="probe", required=True, metavar="{knn,linear}")
+    from .commands import add_finetune_parser, add_low_label_args
+
+    p = sub.add_parser("eval", help="evaluate a run: knn or linear probe on frozen features, or fine-tuning")
+    esub = p.add_subparsers(dest="probe", required=True, metavar="{knn,linear,finetune}")
     for probe, text in (("knn", "weighted kNN on frozen features (k=200, T=0.1)"), ("linear", "linear probe on frozen features")):
         q = esub.add_parser(probe, help=text, description=f"{text}, beside the same probe on the random-init backbone.")
         q.add_argument("run", help="a run directory or a checkpoint file")
@@ -111,7 +113,9 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
             q.add_argument("--temperature", type=float, default=0.1)
         else:
             q.add_argument("--epochs", type=int, default=100, help="epochs of the linear classifier")
+            add_low_label_args(q)
         q.set_defaults(func=cmd_eval)
+    add_finetune_parser(esub)
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
@@ -122,6 +126,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         k=getattr(args, "k", 200), temperature=getattr(args, "temperature", 0.1),
         linear_epochs=getattr(args, "epochs", 100), train_subset=args.train_subset,
         test_subset=args.test_subset, baseline=not args.no_baseline,
+        labels_per_class=getattr(args, "labels_per_class", None), label_fraction=getattr(args, "label_fraction", None),
     )
     if args.json:
         print(json.dumps(result, indent=2))
@@ -266,6 +271,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="selfsup", description="Self-supervised visual representation learning: every method on one engine."
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="command")
+    from . import commands  # noqa: F401  (registers compare, report, export, embed, neighbors)
+
     for add in (_add_train, _add_eval, _add_methods, _add_data, *_EXTRA_COMMANDS):
         add(sub)
     return parser

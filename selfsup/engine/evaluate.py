@@ -12,6 +12,7 @@ from ..config import from_dict
 from ..data import ImageSet, load_dataset
 from ..errors import DataError
 from ..eval import extract_features, knn_accuracy, linear_probe
+from ..eval.finetune import finetune, low_label_subset
 from ..methods import Method
 from . import checkpoint as ckpt
 from .config import TrainConfig
@@ -46,6 +47,9 @@ def _eval_data(config: TrainConfig, data: str | None, data_dir: str | None, imag
     return train, test
 
 
+eval_datasets = _eval_data  # (train, test) of a run's labelled source: also used by reports
+
+
 def probe_features(method: Method, config: TrainConfig, image_size: int, dataset: ImageSet, device: torch.device) -> torch.Tensor:
     recipe = build_recipe(config, method, image_size)
     return extract_features(
@@ -66,8 +70,15 @@ def evaluate(
     train_subset: int | None = None,
     test_subset: int | None = None,
     baseline: bool = True,
+    labels_per_class: int | None = None,
+    label_fraction: float | None = None,
+    finetune_args: dict[str, Any] | None = None,
+    record: bool = True,
 ) -> dict[str, Any]:
-    """Run ``probe`` ('knn' or 'linear') on the trained weights and on the random-init ones."""
+    """Run ``probe`` ('knn', 'linear' or 'finetune') on the trained weights and on the random-init
+    ones. ``labels_per_class`` / ``label_fraction`` train the probe on a fixed class-balanced
+    subset (the low-label protocol). With ``record`` the result is appended to the run's
+    ``evals.jsonl`` (read by ``selfsup compare`` and ``selfsup report``)."""
     torch_device = pick_device(device)
     results: dict[str, Any] = {"checkpoint": str(ckpt.resolve_checkpoint(path_or_run)), "probe": probe}
     sets = None
@@ -76,8 +87,19 @@ def evaluate(
             break
         method, config, image_size = load_method(path_or_run, torch_device, random_init=random_init)
         if sets is None:
-            sets = _eval_data(config, data, data_dir, image_size, test_subset, train_subset)
+            full_train, test = _eval_data(config, data, data_dir, image_size, test_subset, train_subset)
+            sets = low_label_subset(full_train, labels_per_class, label_fraction, config.seed), test
         train, test = sets
+        results["train_images"] = len(train)
+        if probe == "finetune":
+            crop = build_recipe(config, method, image_size).views[0].size
+            amp = autocast_dtype(config.precision, torch_device)
+            results[label] = finetune(
+                method, train, test, torch_device, crop_size=crop, autocast_dtype=amp, seed=config.seed,
+                **(finetune_args or {}),
+            )
+            results["data"] = data or config.data
+            continue
         with torch.no_grad():
             train_features = probe_features(method, config, image_size, train, torch_device)
             test_features = probe_features(method, config, image_size, test, torch_device)
@@ -87,4 +109,26 @@ def evaluate(
             acc = linear_probe(train_features, train.labels, test_features, test.labels, train.num_classes, epochs=linear_epochs)
         results[label] = acc
         results["data"] = data or config.data
+    if record:
+        settings = dict(k=k, temperature=temperature) if probe == "knn" else {}
+        if probe == "linear":
+            settings["epochs"] = linear_epochs
+        if probe == "finetune":
+            settings.update({k: v for k, v in (finetune_args or {}).items() if k != "progress"})
+        settings.update(labels_per_class=labels_per_class, label_fraction=label_fraction,
+                        train_subset=train_subset, test_subset=test_subset)
+        _record(results, settings)
     return results
+
+
+def _record(results: dict[str, Any], settings: dict[str, Any]) -> None:
+    """Append a probe's result to ``<run>/evals.jsonl`` when the checkpoint lives in a run."""
+    import json
+    import time
+
+    run_dir = Path(results["checkpoint"]).parent.parent
+    if not (run_dir / "config.yaml").is_file():
+        return
+    line = {"time": round(time.time(), 3), **results, "settings": {k: v for k, v in settings.items() if v is not None}}
+    with open(run_dir / "evals.jsonl", "a") as handle:
+        handle.write(json.dumps(line, default=str) + "\n")

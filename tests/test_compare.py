@@ -1,0 +1,58 @@
+"""`selfsup compare`: one table of the probes of several runs, read from their files."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+
+from selfsup.cli import main
+
+from .eval_runs import tiny_run
+
+
+def test_compare_reads_each_runs_files_into_markdown_and_csv(tmp_path_factory, tmp_path, capsys) -> None:
+    first = tiny_run(tmp_path_factory)
+    # A second run: a copy whose summary says another method and other accuracies, so every value
+    # in the table must come from its own run's files.
+    second = tmp_path / "other-run"
+    shutil.copytree(first, second, ignore=shutil.ignore_patterns("evals.jsonl", "report"))
+    summary = json.loads((second / "summary.json").read_text())
+    summary.update(method="byol", knn_top1=0.4321, best_knn_top1=0.5, knn_random_top1=0.25, wall_time_s=12.5)
+    (second / "summary.json").write_text(json.dumps(summary))
+    # A linear probe recorded in the second run (as `selfsup eval linear` writes it).
+    record = {"probe": "linear", "learned": {"top1": 0.61, "top5": 0.9}, "random": {"top1": 0.3, "top5": 0.7},
+              "settings": {"epochs": 100}}
+    low_label = {**record, "learned": {"top1": 0.11, "top5": 0.5}, "settings": {"labels_per_class": 1}}
+    (second / "evals.jsonl").write_text(json.dumps(record) + "\n" + json.dumps(low_label) + "\n")
+
+    out_csv = tmp_path / "table.csv"
+    assert main(["compare", str(first), str(second), "--csv", str(out_csv)]) == 0
+    table = capsys.readouterr().out.strip().splitlines()
+    assert table[0].startswith("| run | method | backbone |") and len(table) == 4
+    own = json.loads((first / "summary.json").read_text())
+    assert f"| {100 * own['knn_top1']:.2f}% |" in table[2] and "| simclr | tiny |" in table[2]
+    assert "| byol |" in table[3] and "| 43.21% | 50.00% | 25.00% | 61.00% | 30.00% |" in table[3]
+
+    rows = list(csv.DictReader(out_csv.open()))
+    assert [r["run"] for r in rows] == [first.name, "other-run"]
+    assert float(rows[0]["knn_last"]) == own["knn_top1"] and float(rows[0]["wall_time_s"]) == own["wall_time_s"]
+    assert rows[0]["linear"] == ""  # nothing recorded, nothing invented
+    # The full-label linear probe is reported, not the newer low-label one.
+    assert float(rows[1]["linear"]) == 0.61 and float(rows[1]["knn_best"]) == 0.5
+
+
+def test_compare_probe_knn_computes_and_records(tmp_path_factory, tmp_path, capsys) -> None:
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run(tmp_path_factory), run, ignore=shutil.ignore_patterns("evals.jsonl", "report"))
+    (run / "summary.json").unlink()  # a run without a summary (e.g. interrupted): kNN must come from --probe
+    assert main(["compare", str(run), "--probe", "knn", "--train-subset", "96", "--test-subset", "40", "--device", "cpu"]) == 0
+    line = capsys.readouterr().out.strip().splitlines()[2]
+    record = json.loads((run / "evals.jsonl").read_text().splitlines()[-1])
+    assert record["probe"] == "knn" and record["settings"]["test_subset"] == 40
+    assert f"{100 * record['learned']['top1']:.2f}%" in line and f"{100 * record['random']['top1']:.2f}%" in line
+
+
+def test_compare_refuses_a_folder_that_is_not_a_run(tmp_path, capsys) -> None:
+    assert main(["compare", str(tmp_path)]) == 2
+    assert "not a run directory" in capsys.readouterr().err
