@@ -196,6 +196,11 @@ def _attention_hook(method: Any, dataset: Any, device: Any, notes: list[str], co
     if getattr(dataset, "images", None) is None:
         notes.append("Attention maps are not drawn: the images are streamed, not in memory.")
         return None
+    import importlib.util
+
+    if importlib.util.find_spec("selfsup.eval.attention") is None:
+        notes.append("Attention maps are not drawn: selfsup.eval.attention is missing from this installation.")
+        return None
 
     def draw(out_dir: Path) -> list[tuple[str, str]]:
         import torch
