@@ -385,4 +385,15 @@ def create_recipe(name: str, image_size: int, **overrides: Any) -> Recipe:
     for key in overrides:
         if key not in valid:
             raise ConfigError(f"unknown augmentation key '{key}' for recipe '{name}'.{closest(key, valid)} Valid keys: {', '.join(valid)}.")
-    return builder(image_size, **overrides)
+    # The builder's own parameters are checked against their annotations as the ViewSpec fields
+    # are (a wrong type is a ConfigError naming the key, never a TypeError inside the builder).
+    import typing
+
+    from ..config import coerce
+
+    hints = typing.get_type_hints(builder)
+    overrides = {k: coerce(v, hints[k], f"augment.{k}") if k in own and k in hints else v for k, v in overrides.items()}
+    recipe = builder(image_size, **overrides)
+    if recipe.num_views < 1:
+        raise ConfigError(f"recipe '{name}' with these settings makes no view (every view's count is 0).")
+    return recipe

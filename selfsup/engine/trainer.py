@@ -71,8 +71,20 @@ def seed_everything(seed: int) -> None:
 def build_method(config: TrainConfig, image_size: int) -> Method:
     """The backbone and method of a resolved config, initialized from ``config.seed``."""
     seed_everything(config.seed)
-    backbone = create_backbone(config.backbone, image_size=image_size, **config.backbone_args)
-    return create(config.method, backbone=backbone, **config.method_args)
+    # A value no check caught (a negative width, an argument the builder does not take) fails
+    # inside torch or the builder; it is still the config's fault, so say which part of it.
+    try:
+        backbone = create_backbone(config.backbone, image_size=image_size, **config.backbone_args)
+    except SelfsupError:
+        raise
+    except (TypeError, ValueError, RuntimeError) as exc:
+        raise ConfigError(f"backbone '{config.backbone}' cannot be built with backbone_args {config.backbone_args}: {exc}") from None
+    try:
+        return create(config.method, backbone=backbone, **config.method_args)
+    except SelfsupError:
+        raise
+    except (TypeError, ValueError, RuntimeError) as exc:
+        raise ConfigError(f"method '{config.method}' cannot be built with method_args {config.method_args}: {exc}") from None
 
 
 def build_recipe(config: TrainConfig, method: Method, image_size: int) -> Recipe:
