@@ -266,6 +266,43 @@ def register_command(add: Callable[[argparse._SubParsersAction], None]) -> Calla
     return add
 
 
+@register_command
+def _add_attention(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "attention", help="picture of a ViT run's last-layer [CLS] attention heads over an image",
+        description="Render the last block's [CLS] self-attention, per head, over an image (the DINO paper's figures).",
+    )
+    p.add_argument("run", help="a run directory or a checkpoint file (ViT backbone)")
+    p.add_argument("--image", required=True, help="an image file")
+    p.add_argument("--out", default="attn.png", help="output PNG")
+    p.add_argument("--size", type=int, help="side the image is resized to (default: the run's image size)")
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=cmd_attention)
+
+
+def cmd_attention(args: argparse.Namespace) -> int:
+    import torch
+
+    from .data.imageset import decode_to_array
+    from .engine import load_method
+    from .errors import DataError
+    from .eval.attention import cls_attention, patch_size, render_attention
+
+    method, config, image_size = load_method(args.run, args.device)
+    backbone = method.eval_backbone
+    patch = patch_size(backbone)  # refuses non-ViT backbones
+    size = max(patch, (args.size or image_size) // patch * patch)
+    try:
+        image = decode_to_array(args.image, size)
+    except (OSError, ValueError) as exc:
+        raise DataError(f"cannot read --image '{args.image}': {exc}") from None
+    device = next(method.parameters()).device
+    attention = cls_attention(backbone, method.eval_transform(torch.from_numpy(image)[None].to(device)))
+    out = render_attention(image, attention[0], args.out, title=f"{config.method} / {backbone.arch}: last-layer [CLS] attention")
+    print(f"wrote {out} ({attention.shape[1]} heads, {attention.shape[2]}x{attention.shape[3]} patches of {patch} px)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="selfsup", description="Self-supervised visual representation learning: every method on one engine."

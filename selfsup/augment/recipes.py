@@ -318,6 +318,30 @@ def multicrop(
     return Recipe("multicrop", [globals_, locals_])
 
 
+def dino(
+    image_size: int,
+    num_local: int = 8,
+    local_size: int | None = None,
+    global_scale: tuple[float, float] = (0.4, 1.0),
+    local_scale: tuple[float, float] = (0.05, 0.4),
+    **overrides: Any,
+) -> Recipe:
+    """DINO's multi-crop (Caron et al. 2021, arXiv 2104.14294; ``DataAugmentationDINO`` of the
+    official code): two global views at the full size, scale (0.4, 1), with BYOL's asymmetric
+    blur (p=1.0 / 0.1) and solarization (p=0 / 0.2), and ``num_local`` local views at 96/224 of
+    the size, scale (0.05, 0.4), blur p=0.5; colour as BYOL's. Blur only on large images (as in
+    ``byol``). Without local views the official code recommends ``global_scale=[0.14, 1]``."""
+    small = image_size <= SMALL_IMAGE
+    if local_size is None:
+        local_size = max(8, 8 * round(image_size * 96 / 224 / 8))
+    common = dict(brightness=0.4, contrast=0.4, saturation=0.2, hue=0.1, crop_scale=tuple(global_scale), size=image_size)
+    first = _spec(overrides, **common, blur_p=0.0 if small else 1.0, solarize_p=0.0)
+    second = _spec(overrides, **common, blur_p=0.0 if small else 0.1, solarize_p=0.2)
+    local_common = {**common, "size": local_size, "crop_scale": tuple(local_scale)}
+    locals_ = _spec(overrides, **local_common, count=num_local, blur_p=0.0 if small else 0.5)
+    return Recipe("dino", [first, second, locals_])
+
+
 def cmc_lab(image_size: int, **overrides: Any) -> Recipe:
     """CMC (Tian et al. 2019): crop (0.2, 1) and flip, then the L and ab channels of CIE Lab."""
     spec = _spec(
@@ -355,6 +379,7 @@ RECIPES: dict[str, Callable[..., Recipe]] = {
     "simclr": simclr,
     "byol": byol,
     "multicrop": multicrop,
+    "dino": dino,
     "cmc_lab": cmc_lab,
     "cpc_patches": cpc_patches,
 }

@@ -130,9 +130,16 @@ class Method(nn.Module):
         return bool(getattr(self.config, "sync_bn", False))
 
     # -- evaluation --------------------------------------------------------------------------
+    @property
+    def eval_backbone(self) -> Backbone:
+        """The backbone that probes, exports and attention maps use: the trained one by default;
+        a method whose paper evaluates its EMA teacher (DINO) returns that."""
+        return self.backbone
+
     def representation(self, images: torch.Tensor) -> torch.Tensor:
         """Features for probes: ``images`` are normalized float ``(B, 3, H, W)``."""
-        return self.backbone(images)
+        return self.eval_backbone(images)
+
 
     @property
     def feature_dim(self) -> int:

@@ -168,3 +168,15 @@ def vit_tiny(image_size: int = 32, in_channels: int = 3, **kwargs: Any) -> Backb
 def vit_small(image_size: int = 32, in_channels: int = 3, **kwargs: Any) -> Backbone:
     """ViT-Small (384-d, 12 blocks, 6 heads) from timm; patch 4 for <= 64 px images, else 16."""
     return _vit("vit_small_patch16_224", image_size, in_channels, **kwargs)
+
+
+def forward_multicrop(backbone: nn.Module, views: list[torch.Tensor]) -> torch.Tensor:
+    """Features of all ``views``, concatenated in order, with one backbone pass per run of
+    consecutive views of the same size (multi-crop: SwAV's multi-resolution forward, DINO's
+    ``MultiCropWrapper``). Views of one size share a batch, so BN sees them together."""
+    outputs, start = [], 0
+    for end in range(1, len(views) + 1):
+        if end == len(views) or views[end].shape[-2:] != views[start].shape[-2:]:
+            outputs.append(backbone(torch.cat(views[start:end])))
+            start = end
+    return torch.cat(outputs)

@@ -1,0 +1,184 @@
+"""DINO — Caron, Touvron, Misra, Jégou, Mairal, Bojanowski, Joulin 2021, "Emerging Properties in
+Self-Supervised Vision Transformers" (arXiv 2104.14294)."""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import ConfigError
+from ..losses import dino_loss
+from ..nn import all_reduce_sum, cosine_momentum
+from ..nn.backbones import SMALL_IMAGE, Backbone, forward_multicrop
+from .base import Method, MethodConfig, Progress, RecipeChoice
+from .registry import register
+
+
+@dataclass
+class DINOConfig(MethodConfig):
+    # K, the head's output: 65,536 on ImageNet (official out_dim). None picks 65,536 above 64 px
+    # and 4,096 at CIFAR scale (solo-learn's CIFAR recipe): 50,000 images do not need 65,536
+    # pseudo-classes, and the last layer is 16x cheaper.
+    out_dim: int | None = None
+    hidden_dim: int = 2048  # hidden width of the 3-layer head MLP (section 3.1, appendix)
+    bottleneck_dim: int = 256  # the L2-normalized bottleneck before the last layer
+    head_layers: int = 3  # linear layers of the head MLP before the bottleneck normalization
+    use_bn_in_head: bool = False  # official default: no BN in the head ("BN-free" ViT system)
+    # Weight-normalized last layer with its norm fixed to 1 (official default True; their ViT-S
+    # runs set False, which trains better but can be unstable).
+    norm_last_layer: bool = True
+    student_temperature: float = 0.1  # tau_s (section 3.1)
+    teacher_temperature: float = 0.07  # tau_t after the warmup (official README recipe)
+    warmup_teacher_temperature: float = 0.04  # tau_t at epoch 0, raised linearly per epoch
+    warmup_teacher_temperature_epochs: int = 30  # epochs of that warmup (official README recipe)
+    center_momentum: float = 0.9  # m of the center's EMA (eq. 4)
+    ema_momentum: float = 0.996  # teacher EMA, cosine from this to 1 (section 3.1)
+    freeze_last_layer_epochs: float = 1.0  # the last layer gets no update in the first epoch
+    # Each parameter's gradient norm is clipped to this (official clip_gradients: per tensor, not
+    # the global norm); 0 disables.
+    clip_grad: float = 3.0
+    num_global_views: int = 2  # the teacher sees the first views only: the global crops
+    sync_bn: bool = True  # BN (ResNets) over the global batch when distributed, as the official code converts it
+
+    def validate(self) -> None:
+        super().validate()
+        if self.out_dim is not None and self.out_dim < 2:
+            raise ConfigError(f"dino out_dim must be >= 2, got {self.out_dim}.")
+        if not 0.0 <= self.center_momentum <= 1.0 or not 0.0 <= self.ema_momentum <= 1.0:
+            raise ConfigError("dino center_momentum and ema_momentum must be in [0, 1].")
+        if self.head_layers < 1 or self.num_global_views < 1 or self.warmup_teacher_temperature_epochs < 0:
+            raise ConfigError("dino head_layers and num_global_views must be >= 1 and warmup_teacher_temperature_epochs >= 0.")
+        if self.clip_grad < 0:
+            raise ConfigError(f"dino clip_grad must be >= 0 (0 disables), got {self.clip_grad}.")
+
+
+class WeightNormLinear(nn.Module):
+    """Linear layer without bias whose rows are ``g * v / |v|`` (Salimans & Kingma 2016,
+    arXiv 1602.07868), computed in float32 even under autocast: its outputs are divided by
+    temperatures as low as 0.04 before a softmax."""
+
+    def __init__(self, in_dim: int, out_dim: int, learn_norm: bool) -> None:
+        super().__init__()
+        self.weight_v = nn.Parameter(nn.Linear(in_dim, out_dim, bias=False).weight.detach().clone())
+        self.weight_g = nn.Parameter(torch.ones(out_dim, 1), requires_grad=learn_norm)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            return F.linear(x.float(), self.weight_g * F.normalize(self.weight_v, dim=1))
+
+
+class DINOHead(nn.Module):
+    """MLP (GELU, hidden 2048) -> bottleneck 256 -> L2 normalization -> weight-normalized linear to K."""
+
+    def __init__(self, in_dim: int, config: DINOConfig, out_dim: int) -> None:
+        super().__init__()
+        dims = [in_dim] + [config.hidden_dim] * (config.head_layers - 1) + [config.bottleneck_dim]
+        layers: list[nn.Module] = []
+        for i in range(config.head_layers):
+            layers.append(nn.Linear(dims[i], dims[i + 1]))
+            if i < config.head_layers - 1:
+                layers += [nn.BatchNorm1d(dims[i + 1])] if config.use_bn_in_head else []
+                layers.append(nn.GELU())
+        self.mlp = nn.Sequential(*layers)
+        for module in self.mlp.modules():
+            if isinstance(module, nn.Linear):  # official _init_weights: truncated normal, std 0.02
+                nn.init.trunc_normal_(module.weight, std=0.02)
+                nn.init.zeros_(module.bias)
+        self.last_layer = WeightNormLinear(config.bottleneck_dim, out_dim, learn_norm=not config.norm_last_layer)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.mlp(x)
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            return self.last_layer(F.normalize(x.float(), dim=-1))
+
+
+@register
+class DINO(Method):
+    """Self-distillation with no labels: a student matches, on every view, the centered and
+    sharpened output of an EMA teacher on the other global views; multi-crop.
+
+    The center is updated after the optimizer step with the teacher's mean over the global batch
+    (all-reduced across processes); forward only records this step's teacher sum.
+    """
+
+    name = "dino"
+    description = "self-distillation: EMA teacher, centering + sharpening, multi-crop, ViT or ResNet (Caron et al. 2021)"
+    paper = "arXiv 2104.14294"
+    Config = DINOConfig
+    # AdamW, lr 5e-4 per 256 images, weight decay cosine 0.04 -> 0.4 (section 3.1, appendix);
+    # gradient clipping is the method's own (per parameter, ``clip_grad``).
+    optim_defaults = {"optimizer": "adamw", "lr": 5e-4, "weight_decay": 0.04, "weight_decay_end": 0.4}
+
+    def __init__(self, backbone: Backbone, config: DINOConfig) -> None:
+        super().__init__(backbone, config)
+        image_size = int(backbone.build_args.get("image_size", 224))
+        self.out_dim = config.out_dim or (4096 if image_size <= SMALL_IMAGE else 65536)
+        self.head = DINOHead(backbone.feature_dim, config, self.out_dim)
+        self.teacher_backbone = copy.deepcopy(backbone)
+        self.teacher_head = copy.deepcopy(self.head)
+        for param in [*self.teacher_backbone.parameters(), *self.teacher_head.parameters()]:
+            param.requires_grad = False
+        self.register_buffer("center", torch.zeros(self.out_dim))
+        # (sum of this step's teacher outputs, their count): applied after the optimizer step.
+        self._pending_center: torch.Tensor | None = None
+
+    def default_recipe(self, image_size: int) -> RecipeChoice:
+        return RecipeChoice("dino")
+
+    @property
+    def eval_backbone(self) -> Backbone:
+        return self.teacher_backbone  # the official evaluations use the teacher
+
+    def teacher_temperature(self, progress: Progress) -> float:
+        """Linear warmup per epoch (official ``teacher_temp_schedule``: ``linspace`` over the warmup
+        epochs, indexed by the integer epoch), then constant."""
+        c, epoch = self.config, int(progress.epoch)
+        if epoch < c.warmup_teacher_temperature_epochs:
+            warmup = np.linspace(c.warmup_teacher_temperature, c.teacher_temperature, c.warmup_teacher_temperature_epochs)
+            return float(warmup[epoch])
+        return c.teacher_temperature
+
+    def forward(self, views: list[torch.Tensor], index: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        batch, num_global = views[0].shape[0], self.config.num_global_views
+        if len(views) < max(2, num_global):
+            raise ConfigError(f"dino needs at least {max(2, num_global)} views, got {len(views)}.")
+        student = self.head(forward_multicrop(self.backbone, views)).split(batch)
+        with torch.no_grad():
+            teacher = self.teacher_head(forward_multicrop(self.teacher_backbone, views[:num_global]))
+        temperature = self.teacher_temperature(self.progress)
+        loss = dino_loss(student, teacher.split(batch), self.center, self.config.student_temperature, temperature)
+        count = torch.full((1,), float(teacher.shape[0]), device=teacher.device)
+        self._pending_center = torch.cat((teacher.float().sum(dim=0), count))
+        return {"loss": loss, "teacher_temperature": torch.tensor(temperature)}
+
+    def ema_pairs(self) -> list[tuple[nn.Module, nn.Module]]:
+        return [(self.backbone, self.teacher_backbone), (self.head, self.teacher_head)]
+
+    def ema_momentum(self, progress: Progress) -> float:
+        return cosine_momentum(self.config.ema_momentum, progress.fraction)
+
+    @torch.no_grad()
+    def before_optimizer_step(self, progress: Progress) -> None:
+        trainable = [p for p in self.parameters() if p.grad is not None]
+        if self.config.clip_grad and trainable:
+            grads = [p.grad for p in trainable]
+            norms = torch._foreach_norm(grads)
+            scales = [torch.clamp(self.config.clip_grad / (n + 1e-6), max=1.0) for n in norms]
+            torch._foreach_mul_(grads, scales)
+        if progress.epoch < self.config.freeze_last_layer_epochs:
+            for param in self.head.last_layer.parameters():
+                param.grad = None  # no update, no weight decay, no Adam moments
+
+    @torch.no_grad()
+    def after_optimizer_step(self, progress: Progress) -> None:
+        pending, self._pending_center = self._pending_center, None
+        if pending is None:
+            return
+        total = all_reduce_sum(pending)  # one collective: the sums and the counts of all processes
+        batch_center = total[:-1] / total[-1]
+        self.center.mul_(self.config.center_momentum).add_(batch_center, alpha=1.0 - self.config.center_momentum)

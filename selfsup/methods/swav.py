@@ -1,0 +1,145 @@
+"""SwAV — Caron, Misra, Mairal, Goyal, Bojanowski, Joulin 2020, "Unsupervised Learning of Visual
+Features by Contrasting Cluster Assignments" (arXiv 2006.09882)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import ConfigError
+from ..losses import sinkhorn, swav_loss
+from ..nn import MLP, gather, get_rank, get_world_size
+from ..nn.backbones import SMALL_IMAGE, forward_multicrop
+from .base import Method, MethodConfig, Progress, RecipeChoice
+from .registry import register
+
+
+@dataclass
+class SwAVConfig(MethodConfig):
+    # K: 3,000 on ImageNet (section 4). None picks 3,000 above 64 px and 300 at CIFAR scale: 3,000
+    # is 3 prototypes per ImageNet class and 300 keeps that for CIFAR-100 (CIFAR-10 has more than
+    # enough); at batch 256 it also keeps about one sample per prototype per batch, as the paper's
+    # recipes do ((256 + 3,840 queued) / 3,000 = 1.4), so the equipartition is meaningful without a queue.
+    num_prototypes: int | None = None
+    proj_hidden_dim: int = 2048  # hidden width of the projection MLP (official resnet50.py: hidden_mlp)
+    proj_output_dim: int = 128  # the embedding z, L2-normalized before the prototypes (feat_dim)
+    temperature: float = 0.1  # of the softmax over prototype scores (eq. 2)
+    epsilon: float = 0.05  # entropy regularization of the Sinkhorn-Knopp codes (section 3.1, appendix A.1)
+    sinkhorn_iterations: int = 3  # "3 iterations are enough" (section 3.1)
+    num_assign_views: int = 2  # codes are computed from the first views only: the global crops
+    # Embeddings of past batches added to Sinkhorn's batch when it is small: 3,840 in the official
+    # batch-256 recipe, 0 (no queue) at batch 4,096. It starts filling at queue_start_epoch and is
+    # used once full.
+    queue_length: int = 0
+    queue_start_epoch: float = 15.0  # epoch_queue_starts of the official code
+    # Prototypes get no update for this many epochs (official: 313 iterations at batch 4,096 and
+    # 5,005 at batch 256, one epoch each): the loss is unstable while the network is random.
+    freeze_prototypes_epochs: float = 1.0
+    sync_bn: bool = True  # BN over the global batch when distributed (official: --sync_bn pytorch)
+
+    def validate(self) -> None:
+        super().validate()
+        if self.num_prototypes is not None and self.num_prototypes < 2:
+            raise ConfigError(f"swav num_prototypes must be >= 2, got {self.num_prototypes}.")
+        if self.epsilon <= 0 or self.sinkhorn_iterations < 1:
+            raise ConfigError(
+                f"swav epsilon must be > 0 and sinkhorn_iterations >= 1, got {self.epsilon} and {self.sinkhorn_iterations}."
+            )
+        if self.num_assign_views < 1 or self.queue_length < 0:
+            raise ConfigError(f"swav num_assign_views must be >= 1 and queue_length >= 0, got {self.num_assign_views} and {self.queue_length}.")
+
+
+@register
+class SwAV(Method):
+    """Online clustering: every view predicts, from its own prototype scores, the Sinkhorn codes of
+    the other global views (swapped prediction), with multi-crop.
+
+    Across processes Sinkhorn's sums are all-reduced (the codes are those of the global batch) and
+    the queue holds the embeddings of every process (identical on all ranks); each rank feeds its
+    own strided share of the queue to Sinkhorn, so every queued sample is counted once.
+    """
+
+    name = "swav"
+    description = "clustering: multi-crop, prototypes, Sinkhorn codes, swapped prediction (Caron et al. 2020)"
+    paper = "arXiv 2006.09882"
+    Config = SwAVConfig
+    # LARS with weight decay 1e-6 (section 4, appendix A.1). The paper's 4.8 at batch 4,096 is 0.3
+    # per 256 images; the official batch-256 recipe (and solo-learn's CIFAR one) use 0.6, which
+    # is the regime this library is mostly run in. Set lr=0.3 for batch 4,096.
+    optim_defaults = {"optimizer": "lars", "lr": 0.6, "weight_decay": 1e-6}
+
+    def __init__(self, backbone, config: SwAVConfig) -> None:  # noqa: ANN001
+        super().__init__(backbone, config)
+        image_size = int(backbone.build_args.get("image_size", 224))
+        self.num_prototypes = config.num_prototypes or (300 if image_size <= SMALL_IMAGE else 3000)
+        self.projector = MLP(backbone.feature_dim, config.proj_hidden_dim, config.proj_output_dim, num_layers=2)
+        self.prototypes = nn.Linear(config.proj_output_dim, self.num_prototypes, bias=False)
+        with torch.no_grad():
+            self.prototypes.weight.copy_(F.normalize(self.prototypes.weight, dim=1))
+        shape = (config.num_assign_views, config.queue_length, config.proj_output_dim)
+        self.register_buffer("queue", torch.zeros(shape))
+        self.register_buffer("queue_filled", torch.zeros((), dtype=torch.long))
+        self._pending: torch.Tensor | None = None  # this step's assigned embeddings, queued after the step
+        # Whether the queue is full, cached on the host so that forward does not wait for the
+        # device once it is (reset when a state dict is loaded).
+        self._queue_full: bool | None = None
+        self.register_load_state_dict_post_hook(lambda module, keys: setattr(module, "_queue_full", None))
+
+    def default_recipe(self, image_size: int) -> RecipeChoice:
+        # SwAV's colour distortion is SimCLR's at strength 1 (official get_color_distortion).
+        return RecipeChoice("multicrop", {"brightness": 0.8, "contrast": 0.8, "saturation": 0.8, "hue": 0.2})
+
+    def forward(self, views: list[torch.Tensor], index: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        batch, assign = views[0].shape[0], self.config.num_assign_views
+        if len(views) < max(2, assign):
+            raise ConfigError(f"swav needs at least {max(2, assign)} views (num_assign_views={assign}), got {len(views)}.")
+        features = self.projector(forward_multicrop(self.backbone, views))
+        # Scores in float32: they are divided by 0.1 here and by 0.05 inside Sinkhorn.
+        with torch.autocast(device_type=features.device.type, enabled=False):
+            z = F.normalize(features.float(), dim=1)
+            scores = z @ self.prototypes.weight.float().T  # (V * B, K)
+        per_view = scores.split(batch)
+        queue_ready = self._queue_ready()
+        codes = []
+        with torch.no_grad(), torch.autocast(device_type=features.device.type, enabled=False):
+            for i in range(assign):
+                view_scores = per_view[i].detach()
+                if queue_ready:
+                    queued = self.queue[i, get_rank() :: get_world_size()]
+                    view_scores = torch.cat((queued @ self.prototypes.weight.detach().float().T, view_scores))
+                codes.append(sinkhorn(view_scores, self.config.epsilon, self.config.sinkhorn_iterations)[-batch:])
+        loss = swav_loss(per_view, codes, self.config.temperature)
+        if self.config.queue_length > 0:
+            self._pending = z[: assign * batch].detach().view(assign, batch, -1)
+        return {"loss": loss}
+
+    def before_optimizer_step(self, progress: Progress) -> None:
+        if self._frozen(progress):
+            self.prototypes.weight.grad = None  # no update, no weight decay, no momentum
+
+    @torch.no_grad()
+    def after_optimizer_step(self, progress: Progress) -> None:
+        if not self._frozen(progress):
+            # Prototypes live on the unit sphere (section 3.1): scores are cosine similarities.
+            self.prototypes.weight.copy_(F.normalize(self.prototypes.weight, dim=1))
+        pending, self._pending = self._pending, None
+        if pending is None or progress.epoch < self.config.queue_start_epoch:
+            return
+        # Every process enqueues the embeddings of the global batch, newest first.
+        new = gather(pending.transpose(0, 1).contiguous()).transpose(0, 1)  # (A, W * B, D)
+        length = self.config.queue_length
+        self.queue.copy_(torch.cat((new[:, :length].to(self.queue.dtype), self.queue), dim=1)[:, :length])
+        self.queue_filled.add_(new.shape[1]).clamp_(max=length)
+
+    def _queue_ready(self) -> bool:
+        if self.config.queue_length == 0 or self.progress.epoch < self.config.queue_start_epoch:
+            return False
+        if not self._queue_full:
+            self._queue_full = bool(self.queue_filled >= self.config.queue_length)
+        return self._queue_full
+
+    def _frozen(self, progress: Progress) -> bool:
+        return progress.epoch < self.config.freeze_prototypes_epochs
