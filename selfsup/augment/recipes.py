@@ -199,24 +199,46 @@ _LAB_MEAN = (50.0, (-86.183 + 98.233) / 2, (-107.857 + 94.478) / 2)
 _LAB_HALF_RANGE = (50.0, (86.183 + 98.233) / 2, (107.857 + 94.478) / 2)
 
 
+def normalized_lab(rgb: torch.Tensor) -> torch.Tensor:
+    """Float RGB ``(B, 3, H, W)`` in [0, 1] -> CIE Lab with each channel mapped to about [-1, 1]
+    (the normalization of CMC's official code)."""
+    lab = ops.rgb_to_lab(rgb)
+    mean = torch.tensor(_LAB_MEAN, device=lab.device, dtype=lab.dtype).view(1, 3, 1, 1)
+    half = torch.tensor(_LAB_HALF_RANGE, device=lab.device, dtype=lab.dtype).view(1, 3, 1, 1)
+    return (lab - mean) / half
+
+
 @dataclass
 class LabRecipe(Recipe):
-    """CMC's two views of one crop: the L channel and the ab channels of CIE Lab
-    (Tian et al. 2019, arXiv 1906.05849)."""
+    """CMC's views of one crop: the L channel and the ab channels of CIE Lab
+    (Tian et al. 2019, arXiv 1906.05849).
+
+    Images may carry paired modalities as channels after RGB (uint8 ``(B, H, W, 3 + k)``, e.g. a
+    depth map stored beside each image: ``load_folder(..., modalities=("depth",))``). They get the
+    crop and flip of the colour channels and each becomes one more view, scaled to [-1, 1]:
+    the views of a crop are ``[L, ab, modality_1, ..., modality_k]``.
+    """
 
     @torch.no_grad()
     def __call__(self, images: torch.Tensor, generator: torch.Generator | None = None) -> list[torch.Tensor]:
-        views = []
-        for rgb in super().__call__(images, generator):
-            lab = ops.rgb_to_lab(rgb)
-            mean = torch.tensor(_LAB_MEAN, device=lab.device).view(1, 3, 1, 1)
-            half = torch.tensor(_LAB_HALF_RANGE, device=lab.device).view(1, 3, 1, 1)
-            lab = (lab - mean) / half
-            views += [lab[:, :1].contiguous(), lab[:, 1:].contiguous()]
+        _check_images(images[..., :3])
+        x = ops.to_float(images)
+        rgb, extra = x[:, :3], x[:, 3:]
+        batch, _, height, width = x.shape
+        views: list[torch.Tensor] = []
+        for spec in self.views:
+            for _ in range(spec.count):
+                params = spec.sample(batch, height, width, generator, x.device)
+                lab = normalized_lab(spec.apply(rgb, params))
+                views += [lab[:, :1].contiguous(), lab[:, 1:].contiguous()]
+                if extra.shape[1]:
+                    paired = ops.resized_crop(extra, params["box"], spec.size, params["flip"]) * 2 - 1
+                    views += [channel.contiguous() for channel in paired.split(1, dim=1)]
         return views
 
     @property
     def num_views(self) -> int:
+        """Views of RGB images (two per crop); each paired modality adds one per crop."""
         return 2 * super().num_views
 
 

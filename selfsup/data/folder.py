@@ -6,6 +6,7 @@ import os
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -75,6 +76,33 @@ def _report_skipped(root: Path, skipped: list[tuple[str, str]]) -> None:
     print("\n".join(lines), file=sys.stderr)
 
 
+def split_paired(paths: list[str], modalities: Sequence[str]) -> tuple[list[int], dict[str, list[str | None]]]:
+    """Separate paired modality files from images: ``name.<modality>.<ext>`` beside ``name.<ext>``
+    (e.g. ``0001.jpg`` and ``0001.depth.png``; CMC's views beyond colour, arXiv 1906.05849).
+
+    Returns the positions in ``paths`` of the images proper and, per modality, the file paired
+    with each of them (None where it is missing).
+    """
+    tags = {f".{m}" for m in modalities}
+    paired: dict[tuple[str, str], str] = {}
+    images: list[int] = []
+    for i, path in enumerate(paths):
+        stem = os.path.splitext(path)[0]
+        base, tag = os.path.splitext(stem)
+        if tag in tags:
+            paired[(base, tag[1:])] = path
+        else:
+            images.append(i)
+    found = {m: [paired.get((os.path.splitext(paths[i])[0], m)) for i in images] for m in modalities}
+    return images, found
+
+
+def _decode_gray(path: str, image_size: int, max_image_pixels: int) -> np.ndarray:
+    """A modality file as 8-bit grayscale ``(S, S)`` (16-bit depth maps are scaled, not clipped)."""
+    rgb = decode_to_array(path, image_size, max_image_pixels).astype(np.uint32)
+    return ((299 * rgb[..., 0] + 587 * rgb[..., 1] + 114 * rgb[..., 2] + 500) // 1000).astype(np.uint8)
+
+
 def load_folder(
     root: str | Path,
     image_size: int,
@@ -83,15 +111,25 @@ def load_folder(
     max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
     workers: int | None = None,
     progress: bool = True,
+    modalities: Sequence[str] = (),
 ) -> ImageSet:
     """Load a folder of images, decoded to ``image_size`` (shorter side, then centre crop).
 
     A folder whose decoded images fit in ``max_memory_bytes`` is decoded once, in parallel, and
     held as one uint8 tensor; a larger one is streamed (``paths`` only) by DataLoader workers
     that only read and decode. Unreadable files are skipped, counted and reported once.
+
+    ``modalities`` names data stored beside each image (``name.depth.png`` for ``depth``, see
+    :func:`split_paired`): each is decoded to 8-bit grayscale at the image's geometry and appended
+    as one more channel, so ``images`` is ``(N, S, S, 3 + len(modalities))`` and every crop of a
+    batch cuts all of them alike. An image without one of its modalities is skipped and reported.
     """
     root = Path(root)
     paths, labels, classes, others = scan_folder(root)
+    paired: dict[str, list[str | None]] = {}
+    if modalities:
+        keep, paired = split_paired(paths, modalities)
+        paths, labels = [paths[i] for i in keep], [labels[i] for i in keep]
     if not paths:
         what = f"{len(others)} file(s), none with an image extension" if others else "no files"
         raise DataError(
@@ -99,20 +137,34 @@ def load_folder(
             f"({', '.join(sorted(e.lstrip('.') for e in IMAGE_EXTENSIONS))}), optionally in one subfolder per class."
         )
     label_tensor = torch.tensor(labels, dtype=torch.long)
-    if len(paths) * image_size * image_size * 3 > max_memory_bytes:
+    if len(paths) * image_size * image_size * (3 + len(modalities)) > max_memory_bytes:
+        if modalities:
+            raise DataError(
+                f"data folder '{root}' with modalities {', '.join(modalities)} does not fit in memory "
+                f"({max_memory_bytes:,} bytes); paired modalities are not streamed. Use a smaller image_size."
+            )
         return ImageSet(
             name=root.name, split=split, labels=label_tensor, classes=classes, paths=paths, image_size=image_size
         )
 
-    def decode(path: str) -> np.ndarray | str:
+    def decode(position: int) -> np.ndarray | str:
         try:
-            return decode_to_array(path, image_size, max_image_pixels)
+            image = decode_to_array(paths[position], image_size, max_image_pixels)
+            if not modalities:
+                return image
+            channels = [image]
+            for modality in modalities:
+                path = paired[modality][position]
+                if path is None:
+                    return f"no '{modality}' file beside it (expected {Path(paths[position]).stem}.{modality}.<ext>)"
+                channels.append(_decode_gray(path, image_size, max_image_pixels)[..., None])
+            return np.concatenate(channels, axis=2)
         except ValueError as exc:
             return str(exc)
 
     workers = workers or min(8, (os.cpu_count() or 1) * 2)
     with ThreadPoolExecutor(workers) as pool:
-        results = pool.map(decode, paths, chunksize=64)
+        results = pool.map(decode, range(len(paths)), chunksize=64)
         if progress and len(paths) > 2000:
             from tqdm import tqdm
 

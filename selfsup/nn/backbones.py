@@ -61,6 +61,20 @@ def layer_norm_2d(channels: int) -> nn.Module:
     return nn.GroupNorm(1, channels)
 
 
+def _scaled_resnet(depth: int, width: int, **kwargs: Any) -> nn.Module:
+    """torchvision's ResNet with stage widths ``width * (1, 2, 4, 8)`` instead of ``64 * (1, 2, 4, 8)``;
+    the stem keeps 64 channels, as in CMC's half-width encoders (HobbitLong/CMC, ``is_half``)."""
+    from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet
+
+    block, layers = {18: (BasicBlock, [2, 2, 2, 2]), 34: (BasicBlock, [3, 4, 6, 3]), 50: (Bottleneck, [3, 4, 6, 3])}[depth]
+
+    class ScaledResNet(ResNet):
+        def _make_layer(self, block, planes, blocks, stride=1, dilate=False):  # noqa: ANN001, ANN202
+            return super()._make_layer(block, max(1, planes * width // 64), blocks, stride, dilate)
+
+    return ScaledResNet(block, layers, **kwargs)
+
+
 def _resnet(
     depth: int,
     image_size: int,
@@ -68,17 +82,22 @@ def _resnet(
     cifar_stem: bool | None = None,
     norm: str = "bn",
     zero_init_residual: bool = True,
+    width: int = 64,
 ) -> Backbone:
     import torchvision
 
     if norm not in ("bn", "ln"):
         raise ConfigError(f"backbone norm must be 'bn' or 'ln', got '{norm}'.")
+    if width < 1:
+        raise ConfigError(f"backbone width must be >= 1 (64 is the standard ResNet), got {width}.")
     norm_layer = layer_norm_2d if norm == "ln" else None
     # Zero-initialising the last BN of each residual block (Goyal et al. 2017) helps large-batch
     # training and is what the SimCLR/BYOL/MoCo reference ResNets do.
-    model = getattr(torchvision.models, f"resnet{depth}")(
-        weights=None, norm_layer=norm_layer, zero_init_residual=zero_init_residual and norm == "bn"
-    )
+    kwargs = dict(norm_layer=norm_layer, zero_init_residual=zero_init_residual and norm == "bn")
+    if width == 64:
+        model = getattr(torchvision.models, f"resnet{depth}")(weights=None, **kwargs)
+    else:
+        model = _scaled_resnet(depth, width, **kwargs)
     cifar_stem = image_size <= SMALL_IMAGE if cifar_stem is None else cifar_stem
     if cifar_stem:
         # The CIFAR stem of the SimCLR paper (appendix B.9): 3x3 stride-1 conv, no max-pool.
@@ -86,9 +105,9 @@ def _resnet(
         model.maxpool = nn.Identity()
     elif in_channels != 3:
         model.conv1 = nn.Conv2d(in_channels, 64, kernel_size=7, stride=2, padding=3, bias=False)
-    feature_dim = model.fc.in_features
+    feature_dim = model.inplanes  # channels out of the last stage (512 * expansion at width 64)
     model.fc = nn.Identity()
-    args = dict(image_size=image_size, in_channels=in_channels, cifar_stem=cifar_stem, norm=norm)
+    args = dict(image_size=image_size, in_channels=in_channels, cifar_stem=cifar_stem, norm=norm, width=width)
     return Backbone(model, feature_dim, f"resnet{depth}", args)
 
 

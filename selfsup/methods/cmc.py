@@ -1,0 +1,204 @@
+"""CMC — Tian, Krishnan, Isola 2019, "Contrastive Multiview Coding" (arXiv 1906.05849);
+official code: HobbitLong/CMC."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..augment import ops
+from ..augment.recipes import normalized_lab
+from ..errors import ConfigError
+from ..losses import cross_view_softmax, memory_softmax, multiview_objective, nce_loss, nce_normalizer
+from ..nn import Backbone, all_reduce_mean, available_backbones, create_backbone, gather, gather_with_grad
+from ..nn import get_rank, get_world_size
+from ..nn.memory import MemoryBank
+from .base import Method, MethodConfig, RecipeChoice
+from .registry import register
+
+# Rows of each memory bank until the engine tells the method the dataset size (bind_dataset).
+UNBOUND_BANK_SIZE = 1024
+
+
+@dataclass
+class CMCConfig(MethodConfig):
+    """CMC's hyper-parameters (paper and official code, HobbitLong/CMC)."""
+
+    embedding_dim: int = 128  # each encoder ends in a linear layer to 128-d and L2 normalization (official)
+    # "nce": memory bank per view + NCE (the paper's); "softmax": the same sampled negatives with a
+    # softmax cross-entropy (official --softmax, better per its README); "batch": the full softmax
+    # over the other view's embeddings of the (global) batch, no bank.
+    contrast: Literal["nce", "softmax", "batch"] = "nce"
+    temperature: float = 0.07  # 0.07 on ImageNet (official README; 0.1 for STL-10)
+    num_negatives: int = 16384  # negatives drawn from the bank per anchor (16,384 on ImageNet)
+    bank_momentum: float = 0.5  # v <- normalize(0.5 v + 0.5 f) (official --nce_m 0.5)
+    width: float = 0.5  # each encoder's width relative to the backbone's: "2xResNet50half" (official README)
+    # Input channels of each view, in the recipe's order: L and ab; a paired modality adds a 1.
+    view_channels: tuple[int, ...] = (1, 2)
+    graph: Literal["core", "full"] = "full"  # pairs for > 2 views (section 3.3): with view 0, or all pairs
+
+    def validate(self) -> None:
+        super().validate()
+        if self.contrast not in ("nce", "softmax", "batch"):
+            raise ConfigError(f"cmc contrast must be 'nce', 'softmax' or 'batch', got '{self.contrast}'.")
+        if self.graph not in ("core", "full"):
+            raise ConfigError(f"cmc graph must be 'core' or 'full', got '{self.graph}'.")
+        if len(self.view_channels) < 2 or min(self.view_channels) < 1:
+            raise ConfigError(f"cmc view_channels needs >= 2 views of >= 1 channel, got {list(self.view_channels)}.")
+        if self.width <= 0 or self.num_negatives < 1 or self.embedding_dim < 1:
+            raise ConfigError("cmc width must be > 0, and num_negatives and embedding_dim >= 1.")
+        if not 0.0 <= self.bank_momentum < 1.0:
+            raise ConfigError(f"cmc bank_momentum must be in [0, 1), got {self.bank_momentum}.")
+
+
+class MultiViewEncoder(nn.Module):
+    """One encoder per view; the input stacks the views along channels ``(B, sum C_v, H, W)`` and
+    the output concatenates the encoders' features (CMC's representation, as its linear probes)."""
+
+    def __init__(self, encoders: list[Backbone], channels: tuple[int, ...]) -> None:
+        super().__init__()
+        self.encoders = nn.ModuleList(encoders)
+        self.channels = list(channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[1] != sum(self.channels):
+            raise ConfigError(
+                f"CMC's encoders take {sum(self.channels)} channels (views {self.channels}), got {x.shape[1]}."
+            )
+        return torch.cat([encoder(part) for encoder, part in zip(self.encoders, x.split(self.channels, dim=1))], dim=1)
+
+
+def view_encoder(backbone: Backbone, in_channels: int, width: float) -> Backbone:
+    """A copy of ``backbone``'s architecture for a view of ``in_channels`` channels, ``width``
+    times as wide (``width`` is the base channel count of the tiny net and of the ResNets)."""
+    args = {**backbone.build_args, "in_channels": in_channels}
+    if backbone.arch not in available_backbones():
+        raise ConfigError(f"CMC builds one encoder per view from a registered backbone; '{backbone.arch}' is not one.")
+    if width != 1.0:
+        if "width" not in args:
+            raise ConfigError(f"backbone '{backbone.arch}' has no width to scale; set method.width=1.0.")
+        args["width"] = max(1, round(args["width"] * width))
+    return create_backbone(backbone.arch, **args)
+
+
+@register
+class CMC(Method):
+    """Views of one image, one encoder each, contrasted in both directions.
+
+    By default the views are the L and ab channels of CIE Lab (recipe ``cmc_lab``), each encoded
+    by its own network of half the backbone's width ("2xResNet50half", official README) followed
+    by a linear layer and L2 normalization. Each direction (L -> ab and ab -> L) contrasts an
+    anchor of one view with the other view: against its memory bank with NCE (``contrast: nce``;
+    one bank per view, ``num_negatives`` uniform draws, Z per direction estimated on the first
+    batch and then held, official ``NCEAverage``), with a softmax over the same draws
+    (``softmax``), or with a softmax over the other view's embeddings of the global batch
+    (``batch``, gathered with gradient across processes). With more than two views (paired
+    modalities, e.g. depth) the loss sums the pairs of the core view or of the full graph
+    (section 3.3). Probes use the concatenation of all encoders' features on Lab input.
+
+    Across processes: bank noise drawn for the global batch (each rank keeps its rows), Z
+    all-reduced, bank updates gathered from every rank, so one step equals one process's.
+    """
+
+    name = "cmc"
+    description = "contrastive multiview coding: L and ab views, one encoder each, memory-bank NCE or softmax (Tian et al. 2019)"
+    paper = "arXiv 1906.05849"
+    Config = CMCConfig
+    needs_index = True
+    # SGD, lr 0.03 at batch 256, momentum 0.9, weight decay 1e-4 (official train_CMC.py).
+    optim_defaults = {"optimizer": "sgd", "lr": 0.03, "weight_decay": 1e-4}
+
+    def __init__(self, backbone, config: CMCConfig) -> None:  # noqa: ANN001
+        super().__init__(backbone, config)
+        config.validate()
+        channels = tuple(config.view_channels)
+        encoders = [view_encoder(backbone, c, config.width) for c in channels]
+        self.backbone = Backbone(
+            MultiViewEncoder(encoders, channels), sum(e.feature_dim for e in encoders), "cmc",
+            {"encoder": backbone.arch, "view_channels": list(channels), "encoder_args": dict(encoders[0].build_args)},
+        )
+        self.heads = nn.ModuleList(nn.Linear(e.feature_dim, config.embedding_dim) for e in encoders)
+        uses_bank = config.contrast != "batch"
+        self.memories = nn.ModuleList(
+            MemoryBank(UNBOUND_BANK_SIZE, config.embedding_dim, config.bank_momentum, resize_on_load=True)
+            for _ in channels if uses_bank
+        )
+        # Z of each direction (anchor view i against the bank of view j); -1 until estimated.
+        self.register_buffer("nce_normalizer", torch.full((len(channels), len(channels)), -1.0))
+        self._bound = False
+        self._pending: tuple[torch.Tensor, list[torch.Tensor], torch.Tensor] | None = None
+
+    @property
+    def encoders(self) -> nn.ModuleList:
+        return self.backbone.body.encoders
+
+    def bind_dataset(self, num_samples: int) -> None:
+        for memory in self.memories:
+            if num_samples != memory.size or not self._bound:
+                memory.resize(num_samples)
+        self._bound = True
+
+    def default_recipe(self, image_size: int) -> RecipeChoice:
+        return RecipeChoice("cmc_lab")
+
+    def eval_transform(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 ``(B, H, W, 3 + k)`` -> normalized Lab and the k paired modalities in [-1, 1], as
+        the ``cmc_lab`` recipe makes them (without the random crop)."""
+        x = ops.to_float(images)
+        return torch.cat((normalized_lab(x[:, :3]), x[:, 3:] * 2 - 1), dim=1)
+
+    def forward(self, views: list[torch.Tensor], index: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        config, channels = self.config, list(self.config.view_channels)
+        if [v.shape[1] for v in views] != channels:
+            raise ConfigError(
+                f"CMC is set for views of {channels} channels but the recipe gave {[v.shape[1] for v in views]}; "
+                "set method.view_channels (L=1, ab=2, one more 1 per paired modality)."
+            )
+        features = [F.normalize(head(encoder(view)).float(), dim=1) for encoder, head, view in zip(self.encoders, self.heads, views)]
+        batch, rank = features[0].shape[0], get_rank()
+        normalizers = self.nce_normalizer.clone()
+        if config.contrast == "batch":
+            gathered = [gather_with_grad(f) for f in features]
+
+            def directional(i: int, j: int) -> torch.Tensor:
+                return cross_view_softmax(features[i], gathered[j], config.temperature, rank * batch)
+        else:
+            if index is None:
+                raise ConfigError("cmc with a memory bank needs the sample index of every image (needs_index).")
+            size = self.memories[0].size
+            if not self._bound and int(index.max()) >= size:
+                raise ConfigError(f"sample index {int(index.max())} is beyond the memory banks ({size} entries); call bind_dataset first.")
+            # One draw of negatives per step, shared by every direction (as the official code).
+            noise_index = self.memories[0].sample(batch * get_world_size(), config.num_negatives)[rank * batch : (rank + 1) * batch]
+
+            def directional(i: int, j: int) -> torch.Tensor:
+                memory = self.memories[j]
+                positive = memory.similarity(features[i], index[:, None])[:, 0]
+                negatives = memory.similarity(features[i], noise_index)
+                if config.contrast == "softmax":
+                    return memory_softmax(positive, negatives, config.temperature)
+                scores = torch.cat((positive[:, None], negatives), dim=1)
+                estimate = all_reduce_mean(nce_normalizer(scores, config.temperature, size))
+                normalizers[i, j] = torch.where(normalizers[i, j] > 0, normalizers[i, j], estimate)
+                return nce_loss(positive, negatives, config.temperature, normalizers[i, j], size)
+
+        loss = multiview_objective(directional, len(channels), config.graph)
+        # Banks and Z change only after the optimizer step (after_optimizer_step).
+        self._pending = (index.detach() if index is not None else None, [f.detach() for f in features], normalizers)
+        return {"loss": loss}
+
+    @torch.no_grad()
+    def after_optimizer_step(self, progress) -> None:  # noqa: ANN001
+        if self._pending is None or not len(self.memories):
+            self._pending = None
+            return
+        index, features, normalizers = self._pending
+        self._pending = None
+        all_index = gather(index)
+        for memory, view_features in zip(self.memories, features):
+            memory.update(all_index, gather(view_features))
+        self.nce_normalizer.copy_(normalizers)
