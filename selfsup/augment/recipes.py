@@ -245,12 +245,24 @@ class LabRecipe(Recipe):
 @dataclass
 class PatchRecipe(Recipe):
     """CPC's grid of overlapping patches, each augmented on its own (Hénaff et al. 2019,
-    arXiv 1905.09272). ``views[0]`` describes the whole-image crop, ``views[1]`` the per-patch
-    augmentation (its ``size`` is the patch side fed to the encoder)."""
+    "Data-Efficient Image Recognition with Contrastive Predictive Coding", arXiv 1905.09272).
+
+    One call, batched over every patch of every image:
+
+    1. ``views[0]``, the whole image: a random crop and flip (not normalized);
+    2. the grid: ``patch_size`` patches every ``stride`` pixels (:func:`patch_grid`);
+    3. ``views[1]``, each patch on its own: a random crop inside the patch (spatial jitter), flip,
+       colour jitter, grayscale, normalization; its ``size`` is the side the encoder receives
+       (``patch_size`` unless the patches are upsampled for a backbone that needs larger inputs);
+    4. colour dropping (:func:`drop_channels`) on a random ``channel_drop_p`` of the patches.
+
+    Returns one view ``(B, grid_h, grid_w, 3, size, size)``.
+    """
 
     patch_size: int = 8
     stride: int = 4
-    channel_drop_p: float = 0.0  # CPC v2's colour dropping: keep one random channel (gray image)
+    channel_drop_p: float = 0.0  # colour dropping (Doersch et al. 2015): keep one channel per patch
+    channel_drop_noise: float = 0.01  # dropped channels become noise of this fraction of the kept one's std
 
     @torch.no_grad()
     def __call__(self, images: torch.Tensor, generator: torch.Generator | None = None) -> list[torch.Tensor]:
@@ -259,21 +271,64 @@ class PatchRecipe(Recipe):
         x = ops.to_float(images)
         batch, _, height, width = x.shape
         x = whole.apply(x, whole.sample(batch, height, width, generator, x.device))
-        patches = x.unfold(2, self.patch_size, self.stride).unfold(3, self.patch_size, self.stride)
-        grid_h, grid_w = patches.shape[2], patches.shape[3]
-        flat = patches.permute(0, 2, 3, 1, 4, 5).reshape(-1, 3, self.patch_size, self.patch_size).contiguous()
+        flat, (grid_h, grid_w) = patch_grid(x, self.patch_size, self.stride)
         n = flat.shape[0]
         out = per_patch.apply(flat, per_patch.sample(n, self.patch_size, self.patch_size, generator, flat.device))
         if self.channel_drop_p > 0:
-            keep = torch.randint(0, 3, (n,), device=flat.device, generator=generator)
-            drop = torch.rand(n, device=flat.device, generator=generator) < self.channel_drop_p
-            single = out.gather(1, keep.view(-1, 1, 1, 1).expand(-1, 1, *out.shape[2:])).expand_as(out)
-            out = torch.where(drop.view(-1, 1, 1, 1), single, out)
+            out = drop_channels(out, self.channel_drop_p, self.channel_drop_noise, generator)
         return [out.view(batch, grid_h, grid_w, 3, per_patch.size, per_patch.size)]
 
-    def grid_shape(self, image_size: int) -> tuple[int, int]:
-        side = (self.views[0].size - self.patch_size) // self.stride + 1
-        return side, side
+    def grid_shape(self) -> tuple[int, int]:
+        """``(grid_h, grid_w)``: the grid cut from the whole-image view (``views[0].size`` px)."""
+        grid = (self.views[0].size - self.patch_size) // self.stride + 1
+        return grid, grid
+
+
+def cpc_geometry(image_size: int, patch_size: int | None = None, stride: int | None = None) -> tuple[int, int, int]:
+    """``(patch_size, stride, grid side)`` of CPC's patch grid on ``image_size`` px images.
+
+    Unset values follow the papers, scaled to the image: on large images CPC v2's geometry
+    (80 px patches every 36 px of a 260 px crop: a 6x6 grid; arXiv 1905.09272, appendix A); on
+    small images (<= 64 px) CPC v1's (a quarter of the side with 50% overlap: 64 px patches every
+    32 px of 256 px, a 7x7 grid; arXiv 1807.03748, section 3.3), which on 32 px CIFAR gives 8 px
+    patches every 4 px, the 7x7 grid Lightning Bolts' CIFAR-10 CPC v2 also uses. A 6x6 v2 grid
+    scaled to 32 px would need 9.8 px patches every 4.4 px: it does not fit whole pixels.
+    """
+    small = image_size <= SMALL_IMAGE
+    if patch_size is None:
+        patch_size = max(4, image_size // 4) if small else round(image_size * 80 / 260)
+    if stride is None:
+        stride = max(1, patch_size // 2) if small else max(1, round(image_size * 36 / 260))
+    if not 2 <= patch_size <= image_size:  # a 1 px patch has no spatial context (and no spread to colour-drop with)
+        raise ConfigError(f"cpc patch_size must be between 2 and the image side ({image_size} px), got {patch_size}.")
+    if stride < 1:
+        raise ConfigError(f"cpc patch stride must be >= 1, got {stride}.")
+    return patch_size, stride, (image_size - patch_size) // stride + 1
+
+
+def patch_grid(x: torch.Tensor, patch_size: int, stride: int) -> tuple[torch.Tensor, tuple[int, int]]:
+    """Float images ``(B, C, H, W)`` -> their patches ``(B * grid_h * grid_w, C, p, p)`` in row-major
+    grid order (image, row, column), and ``(grid_h, grid_w)``. Patches start every ``stride`` px
+    from the top-left corner; a remainder at the bottom/right edge is left out."""
+    patches = x.unfold(2, patch_size, stride).unfold(3, patch_size, stride)  # (B, C, gh, gw, p, p)
+    grid_h, grid_w = patches.shape[2], patches.shape[3]
+    flat = patches.permute(0, 2, 3, 1, 4, 5).reshape(-1, x.shape[1], patch_size, patch_size)
+    return flat.contiguous(), (grid_h, grid_w)
+
+
+def drop_channels(x: torch.Tensor, p: float, noise: float, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Colour dropping (Doersch et al. 2015, arXiv 1505.05192, section 3; CPC v2 section 4.1): in a
+    random fraction ``p`` of the images ``(N, 3, h, w)``, keep one random channel and replace the
+    other two with Gaussian noise of ``noise`` times the kept channel's standard deviation (on
+    normalized inputs, i.e. around the mean colour), so that no colour is left to match on."""
+    n = x.shape[0]
+    keep = torch.randint(0, 3, (n,), device=x.device, generator=generator).view(-1, 1, 1, 1)
+    apply = (torch.rand(n, device=x.device, generator=generator) < p).view(-1, 1, 1, 1)
+    kept = x.gather(1, keep.expand(-1, 1, *x.shape[2:]))
+    scale = noise * kept.flatten(1).std(dim=1).view(-1, 1, 1, 1)
+    filler = torch.randn(x.shape, device=x.device, generator=generator, dtype=x.dtype) * scale
+    channel = torch.arange(x.shape[1], device=x.device).view(1, -1, 1, 1)
+    return torch.where(apply & (channel != keep), filler, x)
 
 
 # ------------------------------------------------------------------------------------------
@@ -385,15 +440,29 @@ def cpc_patches(
     channel_drop_p: float = 0.5,
     **overrides: Any,
 ) -> Recipe:
-    """CPC v2's patch grid (Hénaff et al. 2019): patches of a quarter of the crop side with 50%
-    overlap (for 32 px: 8 px patches, stride 4, a 7x7 grid), each with its own flip, colour jitter
-    and colour dropping; the whole image first gets a mild random crop."""
-    patch_size = patch_size or max(4, image_size // 4)
-    stride = stride or max(1, patch_size // 2)
-    if patch_size > image_size:
-        raise ConfigError(f"cpc patch_size {patch_size} is larger than the image ({image_size} px).")
-    whole = _spec({}, size=image_size, crop_scale=(0.6, 1.0), flip_p=0.5, jitter_p=0.0, grayscale_p=0.0, normalize=False)
-    per_patch = _spec(overrides, size=patch_size, crop_scale=(0.6, 1.0), grayscale_p=0.0)
+    """CPC v2's patch grid (Hénaff et al. 2019, arXiv 1905.09272, section 4.1 and appendix A).
+
+    Geometry: :func:`cpc_geometry` (32 px: 8 px patches every 4 px, a 7x7 grid; 224 px: 69 px
+    every 31 px, 6x6). The whole image gets v2's crop: resized to 300 px, a random 260 px square
+    (side 0.87, area 0.75, any position), and a flip. Each patch then gets what of v2's per-patch
+    pipeline the batched ops provide: a random crop of 60-100% of its area resized back (spatial
+    jitter), a flip, colour jitter (0.4, 0.4, 0.4, 0.1) with p=0.8 (v2: Szegedy et al.'s colour
+    distortions, p=0.8), grayscale with p=0.25 (v2), and colour dropping (v2's "RC" step) on half
+    the patches. Left out: v2's AutoAugment operations, elastic deformation/shearing and
+    colour-histogram changes (p=0.2 each), which have no batched op here.
+
+    ``overrides`` set fields of the per-patch view; its ``size`` upsamples every patch to that
+    side for backbones that need larger inputs (default: ``patch_size``, no resampling).
+    """
+    patch_size, stride, _ = cpc_geometry(image_size, patch_size, stride)
+    if not 0.0 <= channel_drop_p <= 1.0:
+        raise ConfigError(f"cpc channel_drop_p must be a probability in [0, 1], got {channel_drop_p}.")
+    area = (260 / 300) ** 2
+    whole = _spec(
+        {}, size=image_size, crop_scale=(area, area), crop_ratio=(1.0, 1.0), flip_p=0.5,
+        jitter_p=0.0, grayscale_p=0.0, normalize=False,
+    )
+    per_patch = _spec(overrides, size=patch_size, crop_scale=(0.6, 1.0), grayscale_p=0.25)
     return PatchRecipe("cpc_patches", [whole, per_patch], patch_size=patch_size, stride=stride, channel_drop_p=channel_drop_p)
 
 

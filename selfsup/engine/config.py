@@ -94,6 +94,8 @@ class TrainConfig:
         for key, value in {**GENERIC_DEFAULTS, **source, **optim}.items():
             if key in values and values[key] is None:
                 values[key] = value
+        # Backbone options the method needs (e.g. CPC's layer norm) unless the config sets them.
+        values["backbone_args"] = {**get(self.method).backbone_defaults, **values["backbone_args"]}
         if values["warmup_epochs"] is None:
             values["warmup_epochs"] = min(10.0, values["epochs"] / 10)
         resolved = from_dict(TrainConfig, values, "config")

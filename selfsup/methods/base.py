@@ -80,6 +80,11 @@ class Method(nn.Module):
     # The engine's optimizer defaults for this method (optimizer, lr per 256 images, weight
     # decay, grad_clip), each overridable from the config.
     optim_defaults: ClassVar[dict[str, Any]] = {"optimizer": "sgd", "lr": 0.05, "weight_decay": 5e-4}
+    # Backbone arguments the method's paper relies on (e.g. CPC v2's layer norm: {"norm": "ln"}),
+    # used where the config's backbone_args leave them unset (TrainConfig.resolve), so the resolved
+    # config.yaml records them. Every registered backbone accepts these keys or rejects a value
+    # it cannot honour with a ConfigError.
+    backbone_defaults: ClassVar[dict[str, Any]] = {}
 
     @classmethod
     def optim_defaults_for(cls, backbone: str) -> dict[str, Any]:

@@ -159,7 +159,11 @@ def tiny(image_size: int = 32, in_channels: int = 3, width: int = 32, norm: str 
     return Backbone(body, body.out_channels, "tiny", args)
 
 
-def _vit(timm_name: str, image_size: int, in_channels: int, patch_size: int | None = None, **kwargs: Any) -> Backbone:
+def _vit(
+    timm_name: str, image_size: int, in_channels: int, patch_size: int | None = None, norm: str = "ln", **kwargs: Any
+) -> Backbone:
+    if norm != "ln":  # accepted so that methods asking for layer norm (CPC) run on ViTs as they are
+        raise ConfigError(f"ViTs normalize with layer norm only; backbone norm must be 'ln', got '{norm}'.")
     import timm
 
     patch_size = patch_size or (4 if image_size <= SMALL_IMAGE else 16)
