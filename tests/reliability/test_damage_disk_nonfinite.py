@@ -81,7 +81,7 @@ def test_resume_falls_back_to_the_previous_good_checkpoint(finished_copy: Path, 
     assert_same_parameters(final_model(finished_copy), reference_model)  # step 63 -> 64 again, same result
 
 
-def test_refusals_before_training_all_damaged_unwritable_run_dir_and_eval(reference_run: Path, tmp_path: Path) -> None:
+def test_refusals_before_training_existing_run_all_damaged_unwritable_run_dir_and_eval(reference_run: Path, tmp_path: Path) -> None:
     broken = tmp_path / "broken" / "run"
     shutil.copytree(reference_run, broken)
     for path in checkpoints(broken):
@@ -90,6 +90,7 @@ def test_refusals_before_training_all_damaged_unwritable_run_dir_and_eval(refere
     a_file = tmp_path / "a-file"
     a_file.write_text("not a folder")
     cases = {
+        "a new run into a directory that holds one": tiny_args(broken.parent, epochs=EPOCHS),
         "all damaged": tiny_args(broken.parent, epochs=EPOCHS) + ["--resume"],
         "run dir under a file": tiny_args(a_file, epochs=EPOCHS),
         "eval a damaged file": ["eval", "knn", str(damaged), "--device", "cpu"],
@@ -99,6 +100,7 @@ def test_refusals_before_training_all_damaged_unwritable_run_dir_and_eval(refere
     for name, result in results.items():
         assert result["escaped"] is None, f"{name}: {result['escaped']}"
         assert result["status"] == 2, f"{name}: {result}"
+    assert "already holds a run. Continue it with --resume" in results["a new run into a directory that holds one"]["stderr"]
     assert "none of the 2 checkpoint(s) in" in results["all damaged"]["stderr"]
     assert f"cannot write the run directory '{a_file / 'run'}': Not a directory" in results["run dir under a file"]["stderr"]
     for name in ("eval a damaged file", "eval a run whose newest is damaged"):

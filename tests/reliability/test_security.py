@@ -35,6 +35,7 @@ class _CreatesFile:
 
 def _malicious(path: Path, marker: Path, kind: str) -> Path:
     payload = {"format": "selfsup-checkpoint", "version": 1, "model": {"w": torch.zeros(2)}, "hook": _CreatesFile(marker)}
+    path.parent.mkdir(parents=True, exist_ok=True)
     if kind == "zip":
         torch.save(payload, path)
     elif kind == "legacy":
@@ -46,24 +47,29 @@ def _malicious(path: Path, marker: Path, kind: str) -> Path:
     return path
 
 
-@pytest.mark.parametrize("kind", ["zip", "legacy", "pickle"])
-def test_a_malicious_checkpoint_is_refused_and_runs_nothing(tmp_path: Path, kind: str) -> None:
-    marker = tmp_path / "PWNED"
-    evil = _malicious(tmp_path / "step-000000009.pt", marker, kind)
-    # The payload is live: an unsafe load in a separate process does create the file.
-    unsafe = "torch.load(p, weights_only=False)" if kind != "pickle" else "pickle.load(open(p, 'rb'))"
+KINDS = ["zip", "legacy", "pickle"]
+
+
+def test_malicious_checkpoints_are_refused_and_run_nothing(tmp_path: Path) -> None:
+    markers = {kind: tmp_path / f"PWNED-{kind}" for kind in KINDS}
+    evil = {kind: _malicious(tmp_path / kind / "step-000000009.pt", markers[kind], kind) for kind in KINDS}
+    # The payloads are live: unsafe loads in a separate process do create the files.
     probe = subprocess.run(
-        [PYTHON, "-c", f"import pickle, sys, torch; p = sys.argv[1]; {unsafe}", str(evil)],
+        [PYTHON, "-c", "import pickle, sys, torch\n"
+         "torch.load(sys.argv[1], weights_only=False); torch.load(sys.argv[2], weights_only=False)\n"
+         "pickle.load(open(sys.argv[3], 'rb'))", *(str(evil[k]) for k in KINDS)],
         env=env(), capture_output=True, text=True, cwd=tmp_path,
     )
-    assert marker.exists(), probe.stderr
-    marker.unlink()
-    with pytest.raises(CheckpointError, match="refusing to load") as error:
-        ckpt.load_checkpoint(evil)
-    assert str(evil) in str(error.value) and "Only tensor checkpoints are loaded" in str(error.value)
-    with pytest.raises(CheckpointError, match="refusing to load"):
-        load_method(evil)
-    assert not marker.exists()
+    assert all(m.exists() for m in markers.values()), probe.stderr
+    for marker in markers.values():
+        marker.unlink()
+    for kind, path in evil.items():
+        with pytest.raises(CheckpointError, match="refusing to load") as error:
+            ckpt.load_checkpoint(path)
+        assert str(path) in str(error.value) and "Only tensor checkpoints are loaded" in str(error.value), kind
+        with pytest.raises(CheckpointError, match="refusing to load"):
+            load_method(path)
+    assert not any(m.exists() for m in markers.values())
 
 
 def _images(folder: Path, count: int, size: int = 12, seed: int = 0) -> None:

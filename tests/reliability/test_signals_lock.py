@@ -1,6 +1,7 @@
 """SIGTERM/SIGINT save a checkpoint at the current step and exit 143/130; resume continues from
 that step. One process per run directory: a second refuses while the first lives, with or without
---resume; a lock left by a killed process is detected as stale and taken over."""
+--resume; a lock left by a killed process is detected as stale and taken over. (A new run into a
+directory that holds a finished one is refused in test_damage_disk_nonfinite.py.)"""
 
 from __future__ import annotations
 
@@ -10,8 +11,8 @@ from pathlib import Path
 
 from .conftest import EPOCHS
 from .helpers import (
-    STEPS_PER_EPOCH, assert_same_parameters, checkpoints, final_model, kill, logged_steps, no_traceback, run, start,
-    step_of, text_of, tiny_args, wait_for,
+    STEPS_PER_EPOCH, assert_same_parameters, checkpoints, final_model, kill, logged_steps, no_traceback, run, run_batch,
+    start, step_of, text_of, tiny_args, wait_for,
 )
 from selfsup.engine.lock import read_holder
 
@@ -59,11 +60,10 @@ def test_second_process_refuses_a_locked_run_and_a_stale_lock_is_taken_over(tmp_
     try:
         wait_for(lambda: "FAULT paused" in text_of(first_err), first, what="the first run to train")
         assert read_holder(run_dir / "LOCK")["pid"] == str(first.pid)
-        for extra in ([], ["--resume"]):
-            second = run(args + extra)
-            assert second.returncode == 2, second.stderr
-            no_traceback(second.stderr)
-            assert f"is in use by another selfsup process (pid {first.pid} on" in second.stderr, second.stderr
+        refused = run_batch({"new run": args, "resume": args + ["--resume"]})  # both in one process
+        for name, result in refused.items():
+            assert result["status"] == 2 and result["escaped"] is None, f"{name}: {result}"
+            assert f"is in use by another selfsup process (pid {first.pid} on" in result["stderr"], result["stderr"]
         assert first.poll() is None, "the refused processes must not disturb the running one"
     finally:
         kill(first)
@@ -77,5 +77,3 @@ def test_second_process_refuses_a_locked_run_and_a_stale_lock_is_taken_over(tmp_
     text = text_of(err)
     assert f"taking over a stale lock in '{run_dir}' left by pid {first.pid}" in text, text
     assert not (run_dir / "LOCK").exists(), "the lock is released when the run stops"
-    fresh = run(args)  # a new run into a directory that holds one
-    assert fresh.returncode == 2 and "already holds a run. Continue it with --resume" in fresh.stderr, fresh.stderr
