@@ -185,10 +185,15 @@ class Recipe:
         return {"name": self.name, "views": [dataclasses.asdict(v) for v in self.views]}
 
 
-def _check_images(images: torch.Tensor) -> None:
-    if not isinstance(images, torch.Tensor) or images.dtype != torch.uint8 or images.dim() != 4 or images.shape[-1] != 3:
+def _check_images(images: torch.Tensor, extra_channels: bool = False) -> None:
+    """uint8 ``(B, H, W, 3)`` (or ``(B, H, W, 3 + k)`` with ``extra_channels``), at least 2x2 px."""
+    channels_ok = isinstance(images, torch.Tensor) and images.dim() == 4 and (
+        images.shape[-1] >= 3 if extra_channels else images.shape[-1] == 3
+    )
+    if not channels_ok or images.dtype != torch.uint8:
         got = f"{images.dtype} {tuple(images.shape)}" if isinstance(images, torch.Tensor) else type(images).__name__
-        raise ConfigError(f"a recipe takes uint8 images of shape (B, H, W, 3); got {got}.")
+        layout = "(B, H, W, 3 + k)" if extra_channels else "(B, H, W, 3)"
+        raise ConfigError(f"a recipe takes uint8 images of shape {layout}; got {got}.")
     if images.shape[1] < 2 or images.shape[2] < 2:
         raise ConfigError(f"images of {images.shape[1]}x{images.shape[2]} px are too small to augment (need >= 2x2).")
 
@@ -221,7 +226,7 @@ class LabRecipe(Recipe):
 
     @torch.no_grad()
     def __call__(self, images: torch.Tensor, generator: torch.Generator | None = None) -> list[torch.Tensor]:
-        _check_images(images[..., :3])
+        _check_images(images, extra_channels=True)
         x = ops.to_float(images)
         rgb, extra = x[:, :3], x[:, 3:]
         batch, _, height, width = x.shape
