@@ -1,4 +1,4 @@
-"""Memory of the memory banks of InstDisc and CMC: allocated on the CPU, bytes reported.
+"""Memory of the memory banks of InstDisc and CMC, and of MoCo's key queue: allocated on the CPU, bytes reported.
 
 A bank holds one float32 vector of ``dim`` = 128 per training image (``selfsup.nn.memory.MemoryBank``);
 InstDisc keeps one, CMC one per view. Besides the banks, the figures a step needs on the device for
@@ -57,7 +57,41 @@ def report() -> str:
         f"N <= 8 m (CIFAR-10 with CMC's {m_cmc:,}) the scores come from one B x N matmul instead",
         f"({mib(batch * 50_000 * 4)} of scores on CIFAR-10), as do InstDisc's exact-softmax ones.",
     ]
-    return "\n".join(lines)
+    return "\n".join(lines + queue_lines())
+
+
+# (setting, queue size K, batch of queries per process B): MoCo's key queue of 128-d keys.
+QUEUES = [
+    ("CIFAR-10 (moco_v1/v2 default at <= 64 px)", 4096, 256),
+    ("ImageNet (paper: 8 GPUs x 32)", 65536, 32),
+    ("ImageNet, one GPU with the whole batch of 256", 65536, 256),
+]
+
+
+def queue_lines() -> list[str]:
+    """MoCo's queue (``selfsup.nn.queue.KeyQueue``, allocated and measured) and its per-step logits."""
+    from selfsup.nn.queue import KeyQueue
+
+    lines = [
+        "",
+        "MoCo v1/v2 keep a queue of keys instead of a bank: its size does not grow with N. Every",
+        "process holds the whole queue (the keys of all ranks are gathered before they are enqueued),",
+        "so the figures are per GPU. One step's logits are B x (1 + K) float32 values (kept with",
+        "their gradient for the backward); the loss also normalizes a transient copy of the queue.",
+        "",
+        "| MoCo queue | K x D | queue buffer | logits of one step |",
+        "|---|---|---|---|",
+    ]
+    for name, size, batch in QUEUES:
+        queue = KeyQueue(size, DIM)
+        held = sum(b.numel() * b.element_size() for b in queue.buffers())
+        lines.append(f"| {name} | {size:,} x {DIM} | {held:,} B ({mib(held)}) | {mib(batch * (1 + size) * 4)} (B = {batch}) |")
+    lines += [
+        "",
+        "MoCo v3 has no queue: its logits are B x (W B) per process and view (batch 4,096 on 16 GPUs:",
+        "256 x 4,096 x 4 B = 4.0 MiB, twice for the symmetrized loss).",
+    ]
+    return lines
 
 
 def main() -> None:
