@@ -145,7 +145,6 @@ class Method(nn.Module):
         """Features for probes: ``images`` are normalized float ``(B, 3, H, W)``."""
         return self.eval_backbone(images)
 
-
     @property
     def feature_dim(self) -> int:
         return self.backbone.feature_dim

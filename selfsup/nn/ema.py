@@ -18,7 +18,10 @@ def cosine_momentum(base: float, progress: float, final: float = 1.0) -> float:
 @torch.no_grad()
 def ema_update(online: nn.Module, target: nn.Module, momentum: float) -> None:
     """``target = momentum * target + (1 - momentum) * online`` for parameters; buffers (BN
-    running statistics) are copied, as in the official BYOL and MoCo code."""
+    running statistics) are copied from the online network. (The official BYOL and MoCo code
+    average only the parameters and let the target keep the running statistics of its own
+    train-mode passes; those matter only if the target is run in eval mode, which selfsup's
+    BYOL/MoCo never do, and copying keeps them identical on every process.)"""
     online_params = [p.detach() for p in online.parameters()]
     target_params = list(target.parameters())
     if len(online_params) != len(target_params):
