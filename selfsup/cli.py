@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any, Callable
@@ -21,6 +22,8 @@ examples:
   selfsup train --config simclr_cifar10 lr=0.4 method.temperature=0.2
   selfsup train --data ~/photos --image-size 96   # your own folder of images (labels optional)
   selfsup train --name myrun --resume             # continue a run from its last checkpoint
+  selfsup train --config simclr_imagenet --devices 8   # the 8 GPUs of this machine (torchrun)
+  torchrun --nproc-per-node 8 -m selfsup train --config simclr_imagenet   # the same; several machines: docs/distributed.md
 
 key=value overrides set any config field (see the resolved config.yaml of a run);
 method.<field>, augment.<field> and backbone.<arg> set the method's config, the
@@ -45,6 +48,11 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--lr", type=float, help="base learning rate per 256 images")
     p.add_argument("--image-size", type=int, help="stored side of folder images (default 64)")
     p.add_argument("--device", help="auto | cpu | cuda | cuda:N")
+    p.add_argument(
+        "--devices", type=int, metavar="N",
+        help="train on N processes of this machine (one per GPU, or N CPU processes with --device cpu), "
+        "started with torchrun; --batch-size stays the global batch",
+    )
     p.add_argument("--name", help="run name (folder under --run-dir)")
     p.add_argument("--run-dir", help="parent folder of runs (default runs)")
     p.add_argument("--seed", type=int)
@@ -54,8 +62,13 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from .engine import build_config, train
+    from .engine import build_config, distributed, train
 
+    if args.devices is not None:
+        if args.devices < 1:
+            raise SelfsupError(f"--devices must be >= 1, got {args.devices}.")
+        if args.devices > 1 and distributed.requested_world_size() == 1:
+            return distributed.launch(args.devices, _without_devices(args.argv))
     values = {
         "method": args.method, "data": args.data, "data_dir": args.data_dir, "val_data": args.val_data,
         "backbone": args.backbone, "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr,
@@ -69,9 +82,26 @@ def cmd_train(args: argparse.Namespace) -> int:
     if saved is not None and saved.is_file() and not args.config:
         # Resume the run as it was configured (its config.yaml); flags and key=value given now override it.
         config = build_config(str(saved), values, args.overrides)
-    summary = train(config, resume=args.resume)
-    _print_summary(summary)
+    try:
+        summary = train(config, resume=args.resume)
+    finally:
+        distributed.shutdown()
+    if _rank() == 0:
+        _print_summary(summary)
     return 0
+
+
+def _without_devices(argv: list[str]) -> list[str]:
+    """The command line minus ``--devices N`` (what each torchrun worker runs)."""
+    out, skip = [], False
+    for item in argv:
+        if skip:
+            skip = False
+        elif item == "--devices":
+            skip = True
+        elif not item.startswith("--devices="):
+            out.append(item)
+    return out
 
 
 def _pct(value: float | None) -> str:
@@ -319,7 +349,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     # key=value overrides may come before, between and after the flags
     # (`selfsup train lr=0.1 --epochs 5 method.temperature=0.2`); argparse alone takes one group.
+    argv = list(sys.argv[1:] if argv is None else argv)
     args, extra = parser.parse_known_args(argv)
+    args.argv = argv
     if extra:
         if isinstance(getattr(args, "overrides", None), list) and all("=" in e and not e.startswith("-") for e in extra):
             args.overrides += extra
@@ -329,11 +361,22 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except SelfsupError as exc:
         code = int(getattr(exc, "exit_code", 2))  # TrainingInterrupted: 130 / 143
-        print(f"selfsup: {'error: ' if code == 2 else ''}{exc}", file=sys.stderr)
+        rank = _rank()
+        if rank == 0 or code == 2:  # a stop for a signal is the same on every rank: said once
+            where = f" [rank {rank}]" if rank else ""
+            print(f"selfsup{where}: {'error: ' if code == 2 else ''}{exc}", file=sys.stderr)
         return code
     except KeyboardInterrupt:
         print("selfsup: interrupted", file=sys.stderr)
         return 130
+
+
+def _rank() -> int:
+    """This process's rank under torchrun (0 otherwise)."""
+    try:
+        return int(os.environ.get("RANK", "0"))
+    except ValueError:
+        return 0
 
 
 if __name__ == "__main__":

@@ -158,9 +158,34 @@ def masked(
     return x
 
 
+Shard = tuple[int, int]  # (rank, world size): this batch is part ``rank`` of ``world size`` equal parts
+
+
+def sample_shard(
+    spec: ViewSpec, batch: int, height: int, width: int, generator: torch.Generator | None,
+    device: torch.device, shard: Shard = (0, 1),
+) -> dict[str, torch.Tensor]:
+    """``spec.sample`` for part ``rank`` of a global batch of ``world * batch`` images: the
+    parameters of the whole global batch are drawn (every rank draws the same, from the same
+    generator state) and this part's rows kept. A view is then the same whether the batch is
+    augmented by one process or split over several, and the generator advances alike everywhere
+    (checkpoints of rank 0 resume on any number of processes). The extra draws are a few numbers
+    per image, nothing next to the image operations."""
+    rank, world = shard
+    params = spec.sample(batch * world, height, width, generator, device)
+    if world == 1:
+        return params
+    return {key: value[rank * batch : (rank + 1) * batch] for key, value in params.items()}
+
+
 @dataclass
 class Recipe:
-    """A named list of view kinds; calling it turns a uint8 batch into a list of views."""
+    """A named list of view kinds; calling it turns a uint8 batch into a list of views.
+
+    ``shard=(rank, world)`` says the batch is the ``rank``-th of ``world`` equal slices of a global
+    batch (distributed training): random parameters are drawn for the global batch and sliced
+    (:func:`sample_shard`), so the views equal those one process makes of the global batch.
+    """
 
     name: str
     views: list[ViewSpec]
@@ -170,7 +195,9 @@ class Recipe:
         return sum(spec.count for spec in self.views)
 
     @torch.no_grad()
-    def __call__(self, images: torch.Tensor, generator: torch.Generator | None = None) -> list[torch.Tensor]:
+    def __call__(
+        self, images: torch.Tensor, generator: torch.Generator | None = None, shard: Shard = (0, 1)
+    ) -> list[torch.Tensor]:
         """``images``: uint8 ``(B, H, W, 3)``. Returns float views ``(B, 3, size, size)``."""
         _check_images(images)
         x = ops.to_float(images)
@@ -178,7 +205,7 @@ class Recipe:
         views = []
         for spec in self.views:
             for _ in range(spec.count):
-                views.append(spec.apply(x, spec.sample(batch, height, width, generator, x.device)))
+                views.append(spec.apply(x, sample_shard(spec, batch, height, width, generator, x.device, shard)))
         return views
 
     def describe(self) -> dict[str, Any]:
@@ -225,7 +252,9 @@ class LabRecipe(Recipe):
     """
 
     @torch.no_grad()
-    def __call__(self, images: torch.Tensor, generator: torch.Generator | None = None) -> list[torch.Tensor]:
+    def __call__(
+        self, images: torch.Tensor, generator: torch.Generator | None = None, shard: Shard = (0, 1)
+    ) -> list[torch.Tensor]:
         _check_images(images, extra_channels=True)
         x = ops.to_float(images)
         rgb, extra = x[:, :3], x[:, 3:]
@@ -233,7 +262,7 @@ class LabRecipe(Recipe):
         views: list[torch.Tensor] = []
         for spec in self.views:
             for _ in range(spec.count):
-                params = spec.sample(batch, height, width, generator, x.device)
+                params = sample_shard(spec, batch, height, width, generator, x.device, shard)
                 lab = normalized_lab(spec.apply(rgb, params))
                 views += [lab[:, :1].contiguous(), lab[:, 1:].contiguous()]
                 if extra.shape[1]:
@@ -270,17 +299,20 @@ class PatchRecipe(Recipe):
     channel_drop_noise: float = 0.01  # dropped channels become noise of this fraction of the kept one's std
 
     @torch.no_grad()
-    def __call__(self, images: torch.Tensor, generator: torch.Generator | None = None) -> list[torch.Tensor]:
+    def __call__(
+        self, images: torch.Tensor, generator: torch.Generator | None = None, shard: Shard = (0, 1)
+    ) -> list[torch.Tensor]:
         _check_images(images)
         whole, per_patch = self.views
         x = ops.to_float(images)
         batch, _, height, width = x.shape
-        x = whole.apply(x, whole.sample(batch, height, width, generator, x.device))
+        x = whole.apply(x, sample_shard(whole, batch, height, width, generator, x.device, shard))
         flat, (grid_h, grid_w) = patch_grid(x, self.patch_size, self.stride)
-        n = flat.shape[0]
-        out = per_patch.apply(flat, per_patch.sample(n, self.patch_size, self.patch_size, generator, flat.device))
+        n = flat.shape[0]  # patches in image-major order: the global batch's are in rank order too
+        size = self.patch_size
+        out = per_patch.apply(flat, sample_shard(per_patch, n, size, size, generator, flat.device, shard))
         if self.channel_drop_p > 0:
-            out = drop_channels(out, self.channel_drop_p, self.channel_drop_noise, generator)
+            out = drop_channels(out, self.channel_drop_p, self.channel_drop_noise, generator, shard)
         return [out.view(batch, grid_h, grid_w, 3, per_patch.size, per_patch.size)]
 
     def grid_shape(self) -> tuple[int, int]:
@@ -321,19 +353,71 @@ def patch_grid(x: torch.Tensor, patch_size: int, stride: int) -> tuple[torch.Ten
     return flat.contiguous(), (grid_h, grid_w)
 
 
-def drop_channels(x: torch.Tensor, p: float, noise: float, generator: torch.Generator | None = None) -> torch.Tensor:
+def drop_channels(
+    x: torch.Tensor, p: float, noise: float, generator: torch.Generator | None = None, shard: Shard = (0, 1)
+) -> torch.Tensor:
     """Colour dropping (Doersch et al. 2015, arXiv 1505.05192, section 3; CPC v2 section 4.1): in a
     random fraction ``p`` of the images ``(N, 3, h, w)``, keep one random channel and replace the
     other two with Gaussian noise of ``noise`` times the kept channel's standard deviation (on
-    normalized inputs, i.e. around the mean colour), so that no colour is left to match on."""
+    normalized inputs, i.e. around the mean colour), so that no colour is left to match on.
+
+    The noise of each image comes from its own 63-bit seed (:func:`seeded_normal`), so that with
+    ``shard`` (a slice of a global batch) each rank draws only per-image numbers for the global
+    batch, never the global batch's dense noise."""
+    rank, world = shard
     n = x.shape[0]
-    keep = torch.randint(0, 3, (n,), device=x.device, generator=generator).view(-1, 1, 1, 1)
-    apply = (torch.rand(n, device=x.device, generator=generator) < p).view(-1, 1, 1, 1)
-    kept = x.gather(1, keep.expand(-1, 1, *x.shape[2:]))
-    scale = noise * kept.flatten(1).std(dim=1).view(-1, 1, 1, 1)
-    filler = torch.randn(x.shape, device=x.device, generator=generator, dtype=x.dtype) * scale
+    rows = slice(rank * n, (rank + 1) * n)
+    keep = torch.randint(0, 3, (n * world,), device=x.device, generator=generator)[rows].view(-1, 1, 1, 1)
+    apply = (torch.rand(n * world, device=x.device, generator=generator) < p)[rows].view(-1, 1, 1, 1)
+    seeds = torch.randint(0, 2**63 - 1, (n * world,), device=x.device, generator=generator)[rows]
     channel = torch.arange(x.shape[1], device=x.device).view(1, -1, 1, 1)
-    return torch.where(apply & (channel != keep), filler, x)
+
+    def drop(v: torch.Tensor, keep: torch.Tensor, seeds: torch.Tensor) -> torch.Tensor:
+        kept = v.gather(1, keep.expand(-1, 1, *v.shape[2:]))
+        scale = noise * kept.flatten(1).std(dim=1).view(-1, 1, 1, 1)
+        filler = seeded_normal(seeds, v.shape[1:]).to(v.dtype) * scale
+        return torch.where(channel != keep, filler, v)
+
+    # Noise only for the dropped images on the CPU (``masked``): hashing costs more than drawing.
+    return masked(apply.view(-1), drop, x.clone(), keep, seeds)
+
+
+_MASK32 = 0xFFFFFFFF
+
+
+def _mul32(h: torch.Tensor, constant: int) -> torch.Tensor:
+    """``h * constant mod 2^32`` for int64 tensors of 32-bit values, in two 16-bit halves of the
+    constant so that no product leaves the int64 range."""
+    low = h * (constant & 0xFFFF)
+    high = ((h * (constant >> 16)) & 0xFFFF) << 16
+    return (low + high) & _MASK32
+
+
+def _mix32(h: torch.Tensor) -> torch.Tensor:
+    """A 32-bit integer hash (the "lowbias32" finalizer of C. Wellons' hash-prospector)."""
+    h = h ^ (h >> 16)
+    h = _mul32(h, 0x7FEB352D)
+    h = h ^ (h >> 15)
+    h = _mul32(h, 0x846CA68B)
+    return h ^ (h >> 16)
+
+
+def seeded_normal(seeds: torch.Tensor, shape: tuple[int, ...] | torch.Size) -> torch.Tensor:
+    """Standard normal float32 noise ``(N, *shape)`` whose row ``i`` depends on ``seeds[i]``
+    (non-negative int64) only: a counter-based generator, element ``j`` of a row hashing the seed
+    with the counters ``2j`` and ``2j + 1`` into two uniforms (Box-Muller). Any slice of a batch
+    thus gets its rows without drawing the others'."""
+    count = 1
+    for side in shape:
+        count *= int(side)
+    seeds = seeds.view(-1, 1)
+    key = _mix32(_mix32(seeds & _MASK32) ^ (seeds >> 32))  # (N, 1), from both halves of the seed
+    counter = torch.arange(2 * count, device=seeds.device, dtype=torch.int64).view(1, -1)
+    bits = _mix32((key + _mul32(counter, 0x9E3779B9)) & _MASK32)  # a Weyl sequence per row, hashed
+    u1 = (bits[:, 0::2].float() + 1.0) / 2.0**32  # in (0, 1]: the logarithm stays finite
+    u2 = bits[:, 1::2].float() / 2.0**32
+    normal = torch.sqrt(-2.0 * torch.log(u1)) * torch.cos(2.0 * torch.pi * u2)
+    return normal.view(-1, *shape)
 
 
 # ------------------------------------------------------------------------------------------

@@ -61,6 +61,8 @@ class TrainConfig:
     compile: bool = False  # torch.compile the method's forward
     deterministic: bool = False  # deterministic kernels (CPU runs resume bit-exactly either way)
     seed: int = 0
+    # several processes (torchrun; docs/distributed.md)
+    sync_bn: bool | None = None  # BN over the global batch across processes; None: the method's paper's choice
     # evaluation during training
     eval_every: int | None = None  # kNN on the test split every N epochs (0: only at the end)
     knn_k: int = 200

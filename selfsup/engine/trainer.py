@@ -32,8 +32,9 @@ from ..data import BatchLoader, ImageSet, load_dataset
 from ..errors import ConfigError, DataError, NonFiniteLossError, SelfsupError, TrainingInterrupted
 from ..eval import extract_features, knn_accuracy
 from ..methods import Method, Progress, create
-from ..nn import create_backbone, ema_update, get_rank, get_world_size
+from ..nn import all_reduce_mean, create_backbone, ema_update, get_rank, get_world_size
 from . import checkpoint as ckpt
+from . import distributed
 from .config import TrainConfig
 from .lock import RunLock
 from .logger import MetricsLogger
@@ -166,12 +167,17 @@ class OnlineProbe:
     The features come from ``method.representation`` under ``no_grad``: one extra forward of one
     view per step, and the same for every method."""
 
-    def __init__(self, feature_dim: int, num_classes: int, device: torch.device) -> None:
+    def __init__(self, feature_dim: int, num_classes: int, device: torch.device, synchronized: bool = False) -> None:
         # BN without affine parameters standardizes the features (as in MAE's linear probe), so one
         # learning rate suits every backbone whatever the scale of its features.
         self.head = torch.nn.Sequential(
             torch.nn.BatchNorm1d(feature_dim, affine=False), torch.nn.Linear(feature_dim, num_classes)
         ).to(device)
+        # On several processes: BN over the global batch and gradients averaged, as for the model,
+        # so the probe is the same on every rank (and equals the one-process probe).
+        self.synchronized = synchronized
+        if synchronized:
+            self.head = distributed.convert_sync_batchnorm(self.head, device)
         self.optimizer = torch.optim.SGD(self.head.parameters(), lr=0.1, momentum=0.9)
 
     def step(self, method: Method, view: torch.Tensor, labels: torch.Tensor, lr_factor: float, context: Any) -> torch.Tensor:
@@ -184,6 +190,8 @@ class OnlineProbe:
             group["lr"] = 0.1 * lr_factor
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        if self.synchronized:
+            distributed.average_gradients(self.head.parameters())
         self.optimizer.step()
         return (logits.argmax(1)[keep] == labels[keep]).float().mean().detach()
 
@@ -212,7 +220,8 @@ class Trainer:
 
     def __init__(self, config: TrainConfig, resume: bool = False) -> None:
         self.config = config = config.resolve()
-        self.device = pick_device(config.device)
+        # Under torchrun: join the process group; each process takes the GPU of its local rank.
+        self.device = distributed.setup(pick_device(config.device))
         self.rank, self.world_size = get_rank(), get_world_size()
         self.is_main = self.rank == 0
         self.amp_dtype = autocast_dtype(config.precision, self.device)
@@ -237,11 +246,16 @@ class Trainer:
 
         self.method = build_method(config, self.image_size).to(self.device)
         self.method.bind_dataset(len(self.train_set))  # per-sample memories, sized before any restore
+        # BN over the global batch where the method's paper uses it (or the config says so); the
+        # other BN layers normalize per process and their running statistics are averaged.
+        sync_bn = config.sync_bn if config.sync_bn is not None else self.method.sync_batchnorm
+        if self.world_size > 1 and sync_bn:
+            self.method = distributed.convert_sync_batchnorm(self.method, self.device)
+        self._local_bns = distributed.local_batchnorms(self.method) if self.world_size > 1 else []
         if self.device.type == "cuda" and config.channels_last:
             self.method = self.method.to(memory_format=torch.channels_last)
         self.recipe = build_recipe(config, self.method, self.image_size)
         check_views_memory(self.recipe, config.batch_size // self.world_size, self.device)
-        self.forward = torch.compile(self.method) if config.compile else self.method
 
         self.loader = BatchLoader(
             self.train_set, config.batch_size, self.device, seed=config.seed,
@@ -262,14 +276,23 @@ class Trainer:
         )
         self.augment_generator = torch.Generator(device=self.device).manual_seed(config.seed + 1)
         self.online_probe = (
-            OnlineProbe(self.method.feature_dim, self.train_set.num_classes, self.device)
+            OnlineProbe(self.method.feature_dim, self.train_set.num_classes, self.device, synchronized=self.world_size > 1)
             if config.online_probe and self.train_set.labelled else None
         )
 
-        self.run_dir = Path(config.run_dir) / (config.name or self._default_name())
+        # The default name has the time in it: rank 0's, so that every rank names the same run.
+        self.run_dir = Path(config.run_dir) / (config.name or distributed.broadcast_object(self._default_name()))
         self.state = RunState()
         self._prepare_run_dir(resume)
         self.logger = MetricsLogger(self.run_dir, enabled=self.is_main)
+        try:
+            # DDP after any restore: it starts every rank from rank 0's parameters and buffers.
+            self.ddp = distributed.wrap(self.method, self.device) if self.world_size > 1 else None
+        except BaseException:
+            self.close()
+            raise
+        model = self.ddp if self.ddp is not None else self.method
+        self.forward = torch.compile(model) if config.compile else model
 
     # -- run directory and resume ------------------------------------------------------------
     def _default_name(self) -> str:
@@ -280,16 +303,24 @@ class Trainer:
         """Create the run directory and hold its lock (one process per run, see lock.py) until
         :meth:`close`; with ``resume``, restore the newest checkpoint that loads."""
         self._lock: RunLock | None = None
+        failure: SelfsupError | None = None
         if self.is_main:
             try:
                 self.run_dir.mkdir(parents=True, exist_ok=True)
                 self._lock = RunLock(self.run_dir)
                 self._lock.acquire()
             except OSError as exc:
-                raise ConfigError(
+                failure = ConfigError(
                     f"cannot write the run directory '{self.run_dir}': {exc.strerror or exc}. "
                     "Choose a writable --run-dir with free space."
-                ) from None
+                )
+            except SelfsupError as exc:  # the run is held by another process
+                failure = exc
+        # Only rank 0 touches the run directory; the other ranks share its outcome (no shared
+        # filesystem needed, and every rank stops with the same message).
+        failure = distributed.broadcast_object(failure)
+        if failure is not None:
+            raise failure
         try:
             self._open_run(resume)
         except BaseException:
@@ -297,7 +328,7 @@ class Trainer:
             raise
 
     def _open_run(self, resume: bool) -> None:
-        exists = (self.run_dir / "config.yaml").is_file()
+        exists = distributed.broadcast_object((self.run_dir / "config.yaml").is_file() if self.is_main else None)
         if exists and not resume:
             raise ConfigError(
                 f"run directory '{self.run_dir}' already holds a run. Continue it with --resume, "
@@ -306,12 +337,23 @@ class Trainer:
         if self.is_main:
             ckpt.remove_stale_temp_files(self.run_dir)  # left by a process killed mid-write
         if resume and exists:
-            found = ckpt.latest_good_checkpoint(self.run_dir, map_location=self.device, quarantine=self.is_main)
+            found, failure = None, None
+            if self.is_main:
+                # Read on rank 0 and broadcast: every rank restores the same checkpoint, which
+                # may come from a run on any number of processes.
+                location = self.device if self.world_size == 1 else torch.device("cpu")
+                try:
+                    found = ckpt.latest_good_checkpoint(self.run_dir, map_location=location, quarantine=True)
+                except SelfsupError as exc:
+                    failure = exc
+            found, failure = distributed.broadcast_object((found, failure))
+            if failure is not None:
+                raise failure
             if found is not None:
                 self._restore(*found)
-            else:
+            elif self.is_main:
                 print(f"selfsup: '{self.run_dir}' has no checkpoint yet; starting it from step 0.", file=sys.stderr)
-        elif resume:
+        elif resume and self.is_main:
             print(f"selfsup: nothing to resume in '{self.run_dir}'; starting a new run there.", file=sys.stderr)
         if self.is_main:
             text = yaml.safe_dump(self.config.to_dict(), sort_keys=False)
@@ -341,10 +383,14 @@ class Trainer:
             torch.cuda.set_rng_state(rng["cuda"], self.device)
         self.augment_generator.set_state(rng["augment"])
         np.random.set_state(_numpy_state_from(rng["numpy"]))
-        print(f"selfsup: resumed from {path} (epoch {self.state.epoch}, step {self.state.step})", file=sys.stderr)
+        if self.is_main:
+            print(f"selfsup: resumed from {path} (epoch {self.state.epoch}, step {self.state.step})", file=sys.stderr)
 
     def save_checkpoint(self) -> Path | None:
+        """Write a checkpoint (rank 0; the others check the parameters only, so that every rank
+        stops alike on NaN). Returns its path (None on the other ranks)."""
         if not self.is_main:
+            self._refuse_nonfinite(self.method.state_dict())
             return None
         rng = {
             "torch": torch.get_rng_state(),
@@ -363,7 +409,13 @@ class Trainer:
         }
         if self.online_probe is not None:
             state["online_probe"] = self.online_probe.state_dict()
-        broken = [k for k, v in state["model"].items() if torch.is_tensor(v) and v.is_floating_point() and not bool(torch.isfinite(v).all())]
+        self._refuse_nonfinite(state["model"])
+        path = ckpt.save_checkpoint(ckpt.checkpoint_path(self.run_dir, self.state.step), state)
+        ckpt.prune_checkpoints(self.run_dir, self.config.keep_checkpoints)
+        return path
+
+    def _refuse_nonfinite(self, model_state: dict[str, Any]) -> None:
+        broken = [k for k, v in model_state.items() if torch.is_tensor(v) and v.is_floating_point() and not bool(torch.isfinite(v).all())]
         if broken:  # never let a diverged model replace a good checkpoint
             last = ckpt.list_checkpoints(self.run_dir)
             raise NonFiniteLossError(
@@ -371,9 +423,6 @@ class Trainer:
                 f"{'the last good checkpoint is ' + str(last[0]) if last else 'no checkpoint had been written yet'}. "
                 "Lower the learning rate or enable grad_clip."
             )
-        path = ckpt.save_checkpoint(ckpt.checkpoint_path(self.run_dir, self.state.step), state)
-        ckpt.prune_checkpoints(self.run_dir, self.config.keep_checkpoints)
-        return path
 
     # -- evaluation --------------------------------------------------------------------------
     @torch.no_grad()
@@ -384,10 +433,7 @@ class Trainer:
         was_training = self.method.training
         self.method.eval()
         try:
-            kwargs = dict(crop_size=self.recipe.views[0].size, autocast_dtype=self.amp_dtype)
-            encode, transform = self.method.representation, self.method.eval_transform
-            train_features = extract_features(encode, transform, bank, self.device, **kwargs)
-            test_features = extract_features(encode, transform, queries, self.device, **kwargs)
+            train_features, test_features = self._features(bank), self._features(queries)
         finally:
             self.method.train(was_training)
         return knn_accuracy(
@@ -395,10 +441,26 @@ class Trainer:
             max(bank.num_classes, 1), self.config.knn_k, self.config.knn_temperature,
         )
 
+    def _features(self, dataset: ImageSet) -> torch.Tensor:
+        """Probe features of a whole dataset. On several processes each rank encodes its
+        contiguous share and the shares are all-gathered (every rank then holds all of them)."""
+        kwargs = dict(crop_size=self.recipe.views[0].size, autocast_dtype=self.amp_dtype)
+        encode, transform = self.method.representation, self.method.eval_transform
+        if self.world_size == 1:
+            return extract_features(encode, transform, dataset, self.device, **kwargs)
+        start, stop = distributed.shard_bounds(len(dataset), self.rank, self.world_size)
+        if stop > start:
+            part = extract_features(encode, transform, dataset.subset(torch.arange(start, stop)), self.device, **kwargs)
+        else:  # more ranks than rows
+            part = torch.zeros((0, self.method.feature_dim), device=self.device)
+        return distributed.gather_rows(part, len(dataset))
+
     # -- the loop ----------------------------------------------------------------------------
     def make_views(self, images: torch.Tensor) -> list[torch.Tensor]:
         """The recipe's views of a uint8 batch, in the memory format the model runs in."""
-        views = self.recipe(images, self.augment_generator)
+        # Parameters drawn for the global batch, this rank's slice kept: the views do not depend
+        # on the number of processes.
+        views = self.recipe(images, self.augment_generator, shard=(self.rank, self.world_size))
         if self.device.type == "cuda" and self.config.channels_last:
             views = [v.contiguous(memory_format=torch.channels_last) if v.dim() == 4 else v for v in views]
         return views
@@ -424,7 +486,8 @@ class Trainer:
         loss = out["loss"]
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        if config.skip_nonfinite and not bool(torch.isfinite(loss)):
+        if config.skip_nonfinite and distributed.max_over_ranks(int(not bool(torch.isfinite(loss))), self.device):
+            # Decided on every rank alike: the gradients were averaged, a NaN on one rank is on all.
             self.state.extra["skipped_steps"] = self.state.extra.get("skipped_steps", 0) + 1
             self.optimizer.zero_grad(set_to_none=True)
             return loss.detach(), out
@@ -432,6 +495,7 @@ class Trainer:
             torch.nn.utils.clip_grad_norm_(self.method.parameters(), config.grad_clip)
         self.method.before_optimizer_step(progress)
         self.optimizer.step()
+        distributed.average_batchnorm_statistics(self._local_bns)  # before EMA targets copy them
         pairs = self.method.ema_pairs()
         if pairs:
             momentum = self.method.ema_momentum(progress)
@@ -439,7 +503,10 @@ class Trainer:
                 ema_update(online, target, momentum)
         self.method.after_optimizer_step(progress)
         if self.online_probe is not None and labels is not None:
-            out["online_probe_acc"] = self.online_probe.step(self.method, views[0], labels, lr / self.lr_schedule.max(), context)
+            # float(): a numpy scalar in the probe optimizer's lr would make the checkpoint unloadable (weights_only)
+            factor = lr / float(self.lr_schedule.max())
+            out["online_probe_acc"] = self.online_probe.step(self.method, views[0], labels, factor, context)
+            distributed.average_batchnorm_statistics(self._local_bns)  # the probe's pass moved them again
         return loss.detach(), out
 
     def fit(self) -> dict[str, Any]:
@@ -450,6 +517,15 @@ class Trainer:
         try:
             return self._fit()
         except RuntimeError as exc:  # torch.OutOfMemoryError (CUDA) or the CPU allocator's error
+            if self.world_size > 1 and distributed.is_communication_error(exc):
+                last = ckpt.list_checkpoints(self.run_dir) if self.is_main else []
+                raise SelfsupError(
+                    f"process {self.rank} of {self.world_size} lost contact with the others at step {self.state.step} "
+                    f"({str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__}): another "
+                    "process has stopped (its own error, or the launcher's report, says why). "
+                    + (f"The last checkpoint is {last[0]}. " if last else "")
+                    + "Continue with --resume, on any number of processes."
+                ) from None
             if not isinstance(exc, torch.OutOfMemoryError) and "can't allocate memory" not in str(exc):
                 raise
             raise SelfsupError(
@@ -474,6 +550,7 @@ class Trainer:
         """Ctrl-C or SIGTERM (a cluster's pre-emption) asks the loop to save a checkpoint after
         the current step and stop; a second one stops at once (the last checkpoint stays)."""
         self._stop_signal: int | None = None
+        self._stop_time = 0.0
         if threading.current_thread() is not threading.main_thread():
             return {}
         previous = {}
@@ -486,17 +563,37 @@ class Trainer:
 
     def _on_stop_signal(self, signum: int, frame: Any) -> None:
         if self._stop_signal is not None:
+            # torchrun passes on the signal it received, which the terminal may already have sent
+            # to the workers: the same signal again at once is that copy, not a second request.
+            if self.world_size > 1 and signum == self._stop_signal and time.monotonic() - self._stop_time < 5.0:
+                return
             raise KeyboardInterrupt
-        self._stop_signal = signum
+        self._stop_signal, self._stop_time = signum, time.monotonic()
+        if not self.is_main:
+            return
         os.write(2, (
             f"\nselfsup: {signal.Signals(signum).name} received: saving a checkpoint after this step, then stopping "
             "(send it again to stop at once).\n"
         ).encode())
 
+    def _stop_requested(self) -> bool:
+        """Whether to stop for a signal after this step. Processes may receive a signal at
+        different steps; on several processes the ranks agree every :data:`STOP_SYNC_STEPS` steps
+        (one small all-reduce), so that all stop after the same step and rank 0's checkpoint is
+        the state of every rank."""
+        if self.world_size == 1:
+            return self._stop_signal is not None
+        if self.state.step % STOP_SYNC_STEPS:
+            return False
+        signum = distributed.max_over_ranks(self._stop_signal or 0, self.device)
+        if signum and self._stop_signal is None:
+            self._stop_signal, self._stop_time = signum, time.monotonic()
+        return bool(signum)
+
     def _stop_for_signal(self, pending: tuple[int, torch.Tensor] | None) -> None:
         if pending is not None:
             self._check_finite(*pending)
-        path = self.save_checkpoint()
+        path = self.save_checkpoint() or ckpt.checkpoint_path(self.run_dir, self.state.step)
         signum = int(self._stop_signal or signal.SIGINT)
         raise TrainingInterrupted(
             f"stopped by {signal.Signals(signum).name} at step {self.state.step} (epoch {self.state.epoch}); "
@@ -535,12 +632,13 @@ class Trainer:
                     if state.step % config.log_every == 0 or state.step == self.total_steps:
                         self._check_finite(*pending)
                         elapsed = max(time.perf_counter() - interval_start, 1e-9)
+                        loss_sum, scalars = self._interval_means(interval_loss, out)
                         record = {
                             "epoch": state.epoch,
-                            "loss": float(interval_loss) / interval_steps,
+                            "loss": loss_sum / interval_steps,
                             "lr": self.optimizer.param_groups[0]["lr"],
                             "images_per_s": interval_steps * images_per_step / elapsed,
-                            **{k: float(v) for k, v in out.items() if k != "loss" and torch.is_tensor(v) and v.numel() == 1},
+                            **scalars,
                         }
                         self.logger.log(record, state.step)
                         bar.update(interval_steps, state.epoch, config.epochs, loss=record["loss"],
@@ -551,7 +649,7 @@ class Trainer:
                     if every and state.step % every == 0 and state.step < self.total_steps:
                         self._check_finite(*pending)
                         self.save_checkpoint()
-                    if self._stop_signal is not None:
+                    if self._stop_requested():
                         self._stop_for_signal(pending)
                     if state.step >= self.total_steps:
                         break
@@ -568,6 +666,17 @@ class Trainer:
         result = self._final(time.time() - start_time)
         self.logger.close()
         return result
+
+    def _interval_means(self, loss_sum: torch.Tensor, out: dict[str, Any]) -> tuple[float, dict[str, float]]:
+        """The logged loss and scalars: each rank's are of its share of the batch, so on several
+        processes they are averaged over the ranks (one all-reduce per logged step). Every method's
+        loss is a mean over its share, so the average is the global batch's loss, never scaled by
+        the number of processes."""
+        names = [k for k, v in out.items() if k != "loss" and torch.is_tensor(v) and v.numel() == 1]
+        values = [loss_sum.float().reshape(())] + [out[k].detach().float().reshape(()).to(loss_sum.device) for k in names]
+        packed = all_reduce_mean(torch.stack(values)) if self.world_size > 1 else torch.stack(values)
+        numbers = packed.tolist()
+        return numbers[0], dict(zip(names, numbers[1:]))
 
     def _check_finite(self, step: int, loss: torch.Tensor) -> None:
         if self.config.skip_nonfinite:
@@ -595,7 +704,8 @@ class Trainer:
             if result:
                 state.best_knn = max(state.best_knn, result["top1"])
                 self.logger.log({"epoch": state.epoch, "knn_top1": result["top1"], "knn_top5": result["top5"]}, state.step)
-                bar.write(f"epoch {state.epoch}: kNN top-1 {100 * result['top1']:.2f}%")
+                if self.is_main:
+                    bar.write(f"epoch {state.epoch}: kNN top-1 {100 * result['top1']:.2f}%")
         if config.checkpoint_every and state.step_in_epoch == 0 and state.epoch % config.checkpoint_every == 0 and not finished:
             self.save_checkpoint()
 
@@ -629,6 +739,10 @@ class Trainer:
             ckpt.atomic_write_bytes(self.run_dir / "summary.json", json.dumps(summary, indent=2).encode())
         return summary
 
+
+# Steps between the ranks' agreement on a stop signal (see Trainer._stop_requested): a fraction of a
+# millisecond each time, and a stop comes within seconds, well inside torchrun's 30 s grace period.
+STOP_SYNC_STEPS = 10
 
 # Write failures that are the machine's, not a bug: disk full, quota, file too large, read-only, denied.
 _WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM}

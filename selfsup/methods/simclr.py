@@ -19,6 +19,9 @@ class SimCLRConfig(MethodConfig):
     proj_hidden_dim: int = 2048  # hidden width of the projection MLP
     proj_output_dim: int = 128  # the embedding the loss sees (section 4.2)
     proj_layers: int = 2  # linear layers in the projection head (SimCLR v1: 2; v2: 3)
+    # Global BN: mean and variance aggregated over all devices (section 2.2, "Global BN"), so that
+    # no device's statistics can leak which of its samples are positives.
+    sync_bn: bool = True
 
 
 @register

@@ -1,7 +1,8 @@
 """Building blocks: backbones, heads, EMA, distributed helpers."""
 
 from .backbones import Backbone, available_backbones, create_backbone, layer_norm_2d, register_backbone
-from .dist import all_reduce_mean, all_reduce_sum, gather, gather_with_grad, get_rank, get_world_size, is_distributed
+from .dist import all_reduce_mean, all_reduce_sum, all_reduce_sum_with_grad, gather, gather_with_grad
+from .dist import get_rank, get_world_size, is_distributed
 from .ema import ema_update, cosine_momentum
 from .heads import MLP
 
@@ -10,6 +11,7 @@ __all__ = [
     "Backbone",
     "all_reduce_mean",
     "all_reduce_sum",
+    "all_reduce_sum_with_grad",
     "available_backbones",
     "cosine_momentum",
     "create_backbone",

@@ -37,6 +37,33 @@ class _GatherWithGrad(torch.autograd.Function):
         return grad[start : start + ctx.batch]
 
 
+class _AllReduceSum(torch.autograd.Function):
+    """Sum over ranks whose backward sums the gradients over ranks: each rank's output depends on
+    every rank's input, so the gradient of the sum of all ranks' losses with respect to this
+    rank's input is the all-reduced sum of the output gradients (DDP then averages, as for
+    :class:`_GatherWithGrad`)."""
+
+    @staticmethod
+    def forward(ctx, tensor: torch.Tensor) -> torch.Tensor:  # noqa: ANN001
+        out = tensor.clone()
+        dist.all_reduce(out)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:  # noqa: ANN001
+        grad = grad.contiguous().clone()
+        dist.all_reduce(grad)
+        return grad
+
+
+def all_reduce_sum_with_grad(tensor: torch.Tensor) -> torch.Tensor:
+    """The sum of ``tensor`` over all ranks, differentiably (global batch-norm statistics);
+    identity on one process."""
+    if not is_distributed():
+        return tensor
+    return _AllReduceSum.apply(tensor)
+
+
 def gather_with_grad(tensor: torch.Tensor) -> torch.Tensor:
     """Concatenate ``tensor`` from all ranks along dim 0, differentiably; identity on one process."""
     if not is_distributed():
