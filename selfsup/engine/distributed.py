@@ -146,6 +146,19 @@ def gather_rows(part: torch.Tensor, total: int) -> torch.Tensor:
     return torch.cat(parts)[:total]
 
 
+def gather_columns(*tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Every rank's tensors (same shapes on all ranks) concatenated along dim 1, in rank order:
+    the kNN's merge of per-shard neighbour candidates (``(queries, k)`` -> ``(queries, W k)``)."""
+    if not is_distributed():
+        return tensors
+    out = []
+    for tensor in tensors:
+        parts = [torch.empty_like(tensor) for _ in range(dist.get_world_size())]
+        dist.all_gather(parts, tensor.contiguous())
+        out.append(torch.cat(parts, dim=1))
+    return tuple(out)
+
+
 def shard_bounds(total: int, rank: int, world: int) -> tuple[int, int]:
     """Rows ``[start, stop)`` of rank ``rank`` when ``total`` rows are cut into ``world`` blocks."""
     per = -(-total // world)

@@ -432,18 +432,29 @@ class Trainer:
         bank, queries = self.eval_sets
         was_training = self.method.training
         self.method.eval()
+        # On several processes the kNN bank stays sharded (each rank encodes and searches its
+        # own block of training images; the k best candidates of every rank are merged), and only
+        # the test features are gathered: no rank holds the whole training set's features.
+        merge, bank_labels = None, bank.labels
         try:
-            train_features, test_features = self._features(bank), self._features(queries)
+            if self.world_size > 1:
+                start, stop = distributed.shard_bounds(len(bank), self.rank, self.world_size)
+                train_features = self._features(bank, gather=False)
+                bank_labels, merge = bank.labels[start:stop], distributed.gather_columns
+            else:
+                train_features = self._features(bank)
+            test_features = self._features(queries)
         finally:
             self.method.train(was_training)
         return knn_accuracy(
-            train_features, bank.labels, test_features, queries.labels,
-            max(bank.num_classes, 1), self.config.knn_k, self.config.knn_temperature,
+            train_features, bank_labels, test_features, queries.labels,
+            max(bank.num_classes, 1), self.config.knn_k, self.config.knn_temperature, merge=merge,
         )
 
-    def _features(self, dataset: ImageSet) -> torch.Tensor:
+    def _features(self, dataset: ImageSet, gather: bool = True) -> torch.Tensor:
         """Probe features of a whole dataset. On several processes each rank encodes its
-        contiguous share and the shares are all-gathered (every rank then holds all of them)."""
+        contiguous share (:func:`distributed.shard_bounds`) and, with ``gather``, the shares are
+        all-gathered (every rank then holds all of them); without, the rank's share is returned."""
         kwargs = dict(crop_size=self.recipe.views[0].size, autocast_dtype=self.amp_dtype)
         encode, transform = self.method.representation, self.method.eval_transform
         if self.world_size == 1:
@@ -453,7 +464,7 @@ class Trainer:
             part = extract_features(encode, transform, dataset.subset(torch.arange(start, stop)), self.device, **kwargs)
         else:  # more ranks than rows
             part = torch.zeros((0, self.method.feature_dim), device=self.device)
-        return distributed.gather_rows(part, len(dataset))
+        return distributed.gather_rows(part, len(dataset)) if gather else part
 
     # -- the loop ----------------------------------------------------------------------------
     def make_views(self, images: torch.Tensor) -> list[torch.Tensor]:

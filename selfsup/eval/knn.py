@@ -53,6 +53,9 @@ def extract_features(
     return torch.cat(parts)
 
 
+Merge = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+
+
 @torch.no_grad()
 def knn_predict(
     train_features: torch.Tensor,
@@ -62,19 +65,38 @@ def knn_predict(
     k: int = 200,
     temperature: float = 0.1,
     chunk: int = 1024,
+    merge: Merge | None = None,
 ) -> torch.Tensor:
-    """Class scores ``(N_test, C)`` of the weighted kNN (InstDisc, eq. 8 / section 3.5)."""
+    """Class scores ``(N_test, C)`` of the weighted kNN (InstDisc, eq. 8 / section 3.5).
+
+    ``merge``: the training features are one shard of a larger set held across processes (each
+    rank passes its own shard and the same test features). Each rank finds the ``k`` nearest
+    neighbours in its shard; ``merge(similarities, labels)`` concatenates every rank's candidates
+    along dim 1 (an all-gather) and the ``k`` best of them are the neighbours in the whole set.
+    No rank ever holds the whole training set's features (ImageNet with a ResNet-50: 9.8 GiB).
+    """
     train = F.normalize(train_features.float(), dim=1)
     test = F.normalize(test_features.float(), dim=1)
     labels = train_labels.to(train.device)
-    k = min(k, train.shape[0])
+    local_k = min(k, train.shape[0])
     scores = []
     for start in range(0, test.shape[0], chunk):
         sim = test[start : start + chunk] @ train.T
-        top_sim, top_idx = sim.topk(k, dim=1)
+        top_sim, top_idx = sim.topk(local_k, dim=1)
+        top_labels = labels[top_idx]
+        if merge is not None:
+            # Pad to k candidates (a shard may hold fewer) so that every rank's block has one shape;
+            # a padded candidate has weight exp(-inf) = 0.
+            missing = k - local_k
+            if missing:
+                top_sim = torch.cat((top_sim, top_sim.new_full((top_sim.shape[0], missing), float("-inf"))), 1)
+                top_labels = torch.cat((top_labels, top_labels.new_zeros((top_labels.shape[0], missing))), 1)
+            top_sim, top_labels = merge(top_sim, top_labels)
+            top_sim, best = top_sim.topk(k, dim=1)
+            top_labels = top_labels.gather(1, best)
         weights = (top_sim / temperature).exp()
-        votes = torch.zeros(sim.shape[0], num_classes, device=train.device)
-        votes.scatter_add_(1, labels[top_idx], weights)
+        votes = torch.zeros(top_sim.shape[0], num_classes, device=train.device)
+        votes.scatter_add_(1, top_labels, weights)
         scores.append(votes)
     return torch.cat(scores)
 
@@ -94,8 +116,10 @@ def knn_accuracy(
     num_classes: int,
     k: int = 200,
     temperature: float = 0.1,
+    merge: Merge | None = None,
 ) -> dict[str, float]:
-    """Weighted-kNN top-1 and top-5 accuracy; unlabelled (-1) samples are ignored."""
+    """Weighted-kNN top-1 and top-5 accuracy; unlabelled (-1) samples are ignored. ``merge``: the
+    training features are this process's shard (see :func:`knn_predict`)."""
     keep_train = train_labels >= 0
     keep_test = test_labels >= 0
     scores = knn_predict(
@@ -105,6 +129,7 @@ def knn_accuracy(
         num_classes,
         k,
         temperature,
+        merge=merge,
     )
     acc = topk_accuracy(scores, test_labels[keep_test])
     return {"top1": acc[1], "top5": acc[5]}
