@@ -38,7 +38,7 @@ def learning_run(
         test_subset=test_subset,
         epochs=epochs,
         batch_size=batch_size,
-        eval_every=0,
+        eval_every=overrides.pop("eval_every", 0),
         seed=seed,
         run_dir=str(run_dir),
         name=f"{method}-seed{seed}",

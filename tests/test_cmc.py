@@ -299,9 +299,16 @@ def test_one_step_on_two_processes_equals_one_process(tmp_path) -> None:
 
 @pytest.mark.slow
 def test_cmc_learns_on_cifar10(tmp_path) -> None:
-    summary = learning_run("cmc", tmp_path, epochs=6, method_args={})
+    # The paper's method unchanged (L and ab encoders of half width, a memory bank per view, NCE
+    # with 16,384 negatives, temperature 0.07, bank momentum 0.5, SGD lr 0.03), tiny backbone,
+    # batch 128, kNN on the concatenated features of 2,000 test images. As for InstDisc
+    # (tests/test_instdisc.py), the banks start as random unit vectors and each entry moves once
+    # per epoch, so the test trains 60 epochs on 1,000 images rather than 6 on 5,000: the latter
+    # measured -6.0 points against the random-init backbone, 30 epochs on 1,000 images +4.8.
+    # Measured on the shared 2-core CPU (about 1.5 minutes): seed 0 34.20% vs 23.80% random-init
+    # (+10.4 points), seed 1 32.25% vs 22.90% (+9.35). The 4-point margin sits more than 5 points
+    # (about 4 standard errors of a paired gain) below both and fails for a method that does not
+    # learn.
+    summary = learning_run("cmc", tmp_path, epochs=60, train_subset=1000, batch_size=128)
     gain = summary["knn_top1"] - summary["knn_random_top1"]
-    assert gain > MARGIN, summary
-
-
-MARGIN = 0.0  # placeholder, set from measurements
+    assert gain > 0.04, summary

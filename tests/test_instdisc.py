@@ -321,14 +321,20 @@ def test_one_step_on_two_processes_equals_one_process(tmp_path) -> None:
 @pytest.mark.slow
 def test_instdisc_learns_on_cifar10(tmp_path) -> None:
     # The official CIFAR-10 setting (exact non-parametric softmax, temperature 0.1, bank momentum
-    # 0.5, lr 0.03 at batch 128), on the tiny backbone, 5,000 training images, 6 epochs.
-    # MARGIN: see the measurements below.
+    # 0.5, lr 0.03 at batch 128, weight decay 5e-4), tiny backbone, kNN on 2,000 test images.
+    # A memory-bank method learns only once the bank holds the network's own features: each entry
+    # moves once per epoch, half way, from a random unit vector, so after k epochs 0.5^k of it is
+    # still noise, and the first epochs teach the network to match random targets. 6 epochs on
+    # 5,000 images (the other methods' test) measured -4.5 points against the random-init
+    # backbone; the same 60,000 image passes as 60 epochs on 1,000 images let every entry be
+    # updated 60 times. Measured on the shared 2-core CPU (about 2 minutes): seed 0 30.20% vs
+    # 22.00% random-init (+8.2 points), seed 1 31.00% vs 21.75% (+9.25); 30 epochs gave +4.0
+    # (seed 0). Each accuracy's binomial standard error is about 1 point, so the 4-point margin
+    # sits about 3 standard errors of a paired gain below both, and fails for a method that does
+    # not learn (gain about 0 or below, as the 6-epoch run shows).
     summary = learning_run(
-        "instdisc", tmp_path, epochs=6, batch_size=128, lr=0.06, weight_decay=5e-4, warmup_epochs=0,
-        method_args={"loss": "softmax", "temperature": 0.1},
+        "instdisc", tmp_path, epochs=60, train_subset=1000, batch_size=128, lr=0.06, weight_decay=5e-4,
+        warmup_epochs=0, method_args={"loss": "softmax", "temperature": 0.1},
     )
     gain = summary["knn_top1"] - summary["knn_random_top1"]
-    assert gain > MARGIN, summary
-
-
-MARGIN = 0.0  # placeholder, set from measurements
+    assert gain > 0.04, summary
