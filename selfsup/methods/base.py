@@ -131,7 +131,7 @@ class Method(nn.Module):
     def sync_batchnorm(self) -> bool:
         """Whether BN statistics should be computed over the global batch across processes (the
         distributed engine converts BN layers to ``SyncBatchNorm``). True when the method's config
-        has ``sync_bn: true``, as BYOL and SimSiam run it in their papers."""
+        has ``sync_bn: true``, as SimCLR, MoCo v3, BYOL, SimSiam, SwAV and DINO run it in their papers."""
         return bool(getattr(self.config, "sync_bn", False))
 
     # -- evaluation --------------------------------------------------------------------------
