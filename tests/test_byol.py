@@ -179,17 +179,24 @@ def projection_std(summary: dict) -> tuple[float, int]:
 
 @pytest.mark.slow
 def test_byol_learns_on_cifar10(tmp_path) -> None:
-    """BYOL on 5,000 CIFAR-10 images, 6 epochs, batch 256, tiny backbone (CPU): the kNN top-1 on
-    2,000 test images must beat the random-init backbone of the same seed.
+    """BYOL beats the random-init backbone under the kNN probe (2,000 CIFAR-10 test images), and
+    its online projection does not collapse: the std of its normalized outputs stays above
+    0.5 / sqrt(d) (spread outputs give about 1 / sqrt(d), a collapsed one 0; SimSiam's Figure 2).
 
-    Measured (seeds 0 and 1): see MARGIN below. The no-collapse check: the std of the normalized
-    online projection must stay above 0.5 / sqrt(d) (spread outputs give about 1 / sqrt(d),
-    a collapsed one 0; SimSiam's Figure 2)."""
-    summary = learning_run("byol", tmp_path, seed=0, method_args={"proj_hidden_dim": 1024, "pred_hidden_dim": 1024})
+    Tiny backbone, heads of 1,024 (not 4,096) to keep the CPU run short, tau_base 0.99, LARS at
+    base lr 1.0 per 256 images (solo-learn's CIFAR-10 value; the paper's ImageNet 0.2 moved the
+    tiny network too little), 30 epochs of batch 64 on 1,000 images: 480 steps, where 6 epochs of
+    batch 256 on 5,000 images (114 steps, the same image passes) measured +4.65 and +0.2 points
+    at lr 1.0 and +1.7 and -0.75 at lr 0.2 (seeds 0 and 1): BYOL's target needs steps to move.
+    Measured here on the shared 2-core CPU: seed 0 29.80% vs 22.00% random-init (+7.8 points),
+    seed 1 25.05% vs 21.75% (+3.3), both still rising at the last epoch; the projection's std
+    0.81 / sqrt(d) in both. The 1.5-point margin sits 1.8 points (about 1.3 standard errors of a
+    paired gain) below the lower gain and fails for a method that does not learn (gain about 0)."""
+    summary = learning_run(
+        "byol", tmp_path, seed=0, epochs=30, train_subset=1000, batch_size=64, lr=1.0,
+        method_args={"proj_hidden_dim": 1024, "pred_hidden_dim": 1024},
+    )
     gain = summary["knn_top1"] - summary["knn_random_top1"]
-    assert gain > MARGIN, summary
+    assert gain > 0.015, summary
     std, dim = projection_std(summary)
     assert std > 0.5 / math.sqrt(dim), std
-
-
-MARGIN = 0.0  # set from measurements

@@ -219,9 +219,17 @@ def test_vit_trains_in_bf16_on_cpu_without_nan(tmp_path, data_dir) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("seed", [0])
-def test_dino_learns_on_cifar10(tmp_path, seed: int) -> None:
-    """MARGIN: filled in from measurements."""
-    summary = learning_run("dino", tmp_path, seed=seed, epochs=6, augment={"num_local": 2})
+def test_dino_learns_on_cifar10(tmp_path) -> None:
+    """DINO (ResNet-style tiny backbone, 2 global 32 px + 2 local 16 px crops, the paper's defaults
+    otherwise: out_dim 4,096 at CIFAR scale, teacher EMA 0.996, AdamW lr 5e-4 per 256) beats the
+    random-init backbone under the kNN probe on 2,000 test images.
+
+    30 epochs of batch 64 on 1,000 images (480 steps). Measured on the shared 2-core CPU: seed 0
+    29.75% vs 22.00% random-init (+7.75 points), seed 1 25.50% vs 21.75% (+3.75). With 6 epochs
+    of batch 256 on 5,000 images (114 steps, the same image passes) the gains were +3.1 and +1.75
+    (teacher EMA 0.99: +3.65, seed 0): the teacher needs steps to move. The 2-point margin sits
+    1.75 points below the lower gain and fails for a method that does not learn. The loss stays
+    near ln 4,096 = 8.32 in these short runs (near-uniform teacher outputs)."""
+    summary = learning_run("dino", tmp_path, seed=0, epochs=30, train_subset=1000, batch_size=64, augment={"num_local": 2})
     gain = summary["knn_top1"] - summary["knn_random_top1"]
-    assert gain > 0.0, summary
+    assert gain > 0.02, summary

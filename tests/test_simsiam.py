@@ -247,4 +247,25 @@ def output_std_after_training(stop_gradient: bool, steps: int) -> float:
     return sum(stds[-10:]) / 10
 
 
-COLLAPSE_LR = 0.1  # set from measurements
+COLLAPSE_LR = 0.1  # per 256 images, held constant (no cosine decay that would slow the collapse down)
+
+
+@pytest.mark.slow
+def test_without_stop_gradient_the_output_collapses() -> None:
+    """SimSiam's Figure 2 on a small scale: 100 steps of the same training, with and without the
+    stop-gradient. Measured on the shared 2-core CPU (about 1.5 minutes each): the monitor
+    ``std(z/|z|) * sqrt(d)`` ends at 0.95 with the stop-gradient (spread outputs give about 1) and
+    at 0.34 without it, still falling (the paper's curve reaches 0 over its longer run). The bounds
+    0.75 and 0.5 sit 0.2 below and 0.16 above the two measurements; a method whose stop-gradient
+    switch did nothing would give the same value twice and fail one of them.
+
+    That SimSiam beats the random-init backbone under the kNN probe is NOT shown at CPU scale
+    yet: no setting tried gave a gain that held over seeds (tiny backbone, 2-layer projector of
+    2,048 as in appendix D; seeds 0 / 1): 6 epochs of batch 256 on 5,000 images +2.4 / -3.75
+    points (output std 0.83 and 0.88 / sqrt(d): no collapse), SGD lr 0.5 +1.5 (seed 0), 30 epochs
+    of batch 64 on 1,000 images +4.0 / +0.8 (both peaked near epoch 10 and declined). The
+    learning check belongs on a GPU run (see the issue notes)."""
+    with_stop = output_std_after_training(stop_gradient=True, steps=100)
+    without = output_std_after_training(stop_gradient=False, steps=100)
+    assert with_stop > 0.75, with_stop
+    assert without < 0.5, without
