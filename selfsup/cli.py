@@ -84,8 +84,10 @@ def cmd_train(args: argparse.Namespace) -> int:
         config = build_config(str(saved), values, args.overrides)
     try:
         summary = train(config, resume=args.resume)
-    finally:
+    except BaseException:
         distributed.shutdown()
+        raise
+    distributed.shutdown(barrier=True)
     if _rank() == 0:
         _print_summary(summary)
     return 0

@@ -108,8 +108,10 @@ def _worker(rank: int, port: int, root: str) -> None:
             trainer.fit()
             if rank == 1:  # every rank must hold what rank 0 saved
                 torch.save(trainer.method.state_dict(), Path(root) / case / "rank1.pt")
-    finally:
+    except BaseException:
         distributed.shutdown()
+        raise
+    distributed.shutdown(barrier=True)  # as `selfsup train` ends (see distributed.shutdown)
 
 
 def _free_port() -> int:

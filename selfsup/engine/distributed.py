@@ -86,9 +86,17 @@ def setup(device: torch.device) -> torch.device:
     return device
 
 
-def shutdown() -> None:
-    """Leave the process group (at the end of ``selfsup train``)."""
+def shutdown(barrier: bool = False) -> None:
+    """Leave the process group (at the end of ``selfsup train``).
+
+    ``barrier``: first wait until every rank is done (use it only when this rank finished
+    normally: with a lost peer a barrier would wait for the group's timeout). Without it, rank 0,
+    which hosts the rendezvous store, may tear the group down while a slower rank is still
+    talking to it; that rank's communication thread then aborts the process (seen as a SIGABRT,
+    "terminate called without an active exception", on a run that had finished its work)."""
     if dist.is_available() and dist.is_initialized():
+        if barrier:
+            dist.barrier()
         dist.destroy_process_group()
 
 
