@@ -39,6 +39,7 @@ from _common import BENCHMARKS, DEFAULT_DATA_DIR, hardware  # noqa: E402
 
 from selfsup.augment import LabRecipe, PatchRecipe, Recipe, ViewSpec, create_recipe, ops  # noqa: E402
 from selfsup.data import load_dataset  # noqa: E402
+from selfsup.cli import without_option  # noqa: E402
 
 RECIPES = ("simclr", "byol", "multicrop", "cmc_lab", "cpc_patches")
 TARGET = {"cpu": 8.0, "cuda": 10.0}  # the issue's targets for the ratio
@@ -234,15 +235,7 @@ def write_section(device_kind: str, markdown: str, path: Path = BENCHMARKS) -> N
 
 def command_line() -> str:
     """How this run was started, without the --note text."""
-    argv, kept, skip = sys.argv[1:], [], False
-    for arg in argv:
-        if skip:
-            skip = False
-        elif arg == "--note":
-            skip = True
-        elif not arg.startswith("--note="):
-            kept.append(arg)
-    return shlex.join(["python", "benchmarks/augment.py", *kept])
+    return shlex.join(["python", "benchmarks/augment.py", *without_option(sys.argv[1:], "--note")])
 
 
 def main() -> None:

@@ -68,7 +68,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         if args.devices < 1:
             raise SelfsupError(f"--devices must be >= 1, got {args.devices}.")
         if args.devices > 1 and distributed.requested_world_size() == 1:
-            return distributed.launch(args.devices, _without_devices(args.argv))
+            return distributed.launch(args.devices, without_option(args.argv, "--devices"))
     values = {
         "method": args.method, "data": args.data, "data_dir": args.data_dir, "val_data": args.val_data,
         "backbone": args.backbone, "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr,
@@ -93,15 +93,16 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _without_devices(argv: list[str]) -> list[str]:
-    """The command line minus ``--devices N`` (what each torchrun worker runs)."""
+def without_option(argv: list[str], flag: str) -> list[str]:
+    """``argv`` minus the option ``flag`` and its value (``--flag V`` or ``--flag=V``): e.g. the
+    command line each torchrun worker runs, without ``--devices N``."""
     out, skip = [], False
     for item in argv:
         if skip:
             skip = False
-        elif item == "--devices":
+        elif item == flag:
             skip = True
-        elif not item.startswith("--devices="):
+        elif not item.startswith(flag + "="):
             out.append(item)
     return out
 

@@ -252,12 +252,14 @@ COLLAPSE_LR = 0.1  # per 256 images, held constant (no cosine decay that would s
 
 @pytest.mark.slow
 def test_without_stop_gradient_the_output_collapses() -> None:
-    """SimSiam's Figure 2 on a small scale: 100 steps of the same training, with and without the
-    stop-gradient. Measured on the shared 2-core CPU (about 1.5 minutes each): the monitor
-    ``std(z/|z|) * sqrt(d)`` ends at 0.95 with the stop-gradient (spread outputs give about 1) and
-    at 0.34 without it, still falling (the paper's curve reaches 0 over its longer run). The bounds
-    0.75 and 0.5 sit 0.2 below and 0.16 above the two measurements; a method whose stop-gradient
-    switch did nothing would give the same value twice and fail one of them.
+    """SimSiam's Figure 2 on a small scale: 200 steps of the same training, with and without the
+    stop-gradient. Measured on the shared 2-core CPU (``python benchmarks/learning.py simsiam
+    --collapse 200``, about 2 minutes each): the monitor ``std(z/|z|) * sqrt(d)`` ends at 0.94
+    with the stop-gradient (spread outputs give about 1) and at 0.29 without it, still falling
+    (the paper's curve reaches 0 over its longer run). At 100 steps it was 0.95 against 0.34 with
+    one thread and 0.46 with two: too close to a bound, hence 200 steps. The bounds 0.75 and 0.5
+    sit about 0.2 from each measurement; a method whose stop-gradient switch did nothing would
+    give the same value twice and fail one of them.
 
     That SimSiam beats the random-init backbone under the kNN probe is NOT shown at CPU scale
     yet: no setting tried gave a gain that held over seeds (tiny backbone, 2-layer projector of
@@ -265,7 +267,7 @@ def test_without_stop_gradient_the_output_collapses() -> None:
     points (output std 0.83 and 0.88 / sqrt(d): no collapse), SGD lr 0.5 +1.5 (seed 0), 30 epochs
     of batch 64 on 1,000 images +4.0 / +0.8 (both peaked near epoch 10 and declined). The
     learning check belongs on a GPU run (see the issue notes)."""
-    with_stop = output_std_after_training(stop_gradient=True, steps=100)
-    without = output_std_after_training(stop_gradient=False, steps=100)
+    with_stop = output_std_after_training(stop_gradient=True, steps=200)
+    without = output_std_after_training(stop_gradient=False, steps=200)
     assert with_stop > 0.75, with_stop
     assert without < 0.5, without

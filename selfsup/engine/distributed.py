@@ -127,18 +127,22 @@ def is_communication_error(exc: BaseException) -> bool:
     return any(mark in text for mark in ("Connection closed by peer", "Connection reset by peer", "Broken pipe", "NCCL", "Gloo", "gloo"))
 
 
+def _average_in_place(tensors: list[torch.Tensor]) -> None:
+    """Replace each tensor by its mean over the ranks, in one all-reduce of the flattened list."""
+    if not tensors:
+        return
+    flat = torch._utils._flatten_dense_tensors(tensors)
+    dist.all_reduce(flat)
+    flat /= dist.get_world_size()
+    for tensor, synced in zip(tensors, torch._utils._unflatten_dense_tensors(flat, tensors)):
+        tensor.copy_(synced)
+
+
 def average_gradients(parameters: Iterable[nn.Parameter]) -> None:
     """Average ``.grad`` over ranks (for modules outside DDP, e.g. the online probe)."""
     if not is_distributed():
         return
-    grads = [p.grad for p in parameters if p.grad is not None]
-    if not grads:
-        return
-    flat = torch._utils._flatten_dense_tensors(grads)
-    dist.all_reduce(flat)
-    flat /= dist.get_world_size()
-    for grad, synced in zip(grads, torch._utils._unflatten_dense_tensors(flat, grads)):
-        grad.copy_(synced)
+    _average_in_place([p.grad for p in parameters if p.grad is not None])
 
 
 def gather_rows(part: torch.Tensor, total: int) -> torch.Tensor:
@@ -264,12 +268,7 @@ def average_batchnorm_statistics(layers: list[_BatchNorm]) -> None:
     copies rank 0's buffers at each forward, which ties the model to rank 0's share of the data.)"""
     if not layers or not is_distributed():
         return
-    buffers = [b for m in layers for b in (m.running_mean, m.running_var)]
-    flat = torch._utils._flatten_dense_tensors(buffers)
-    dist.all_reduce(flat)
-    flat /= dist.get_world_size()
-    for buffer, synced in zip(buffers, torch._utils._unflatten_dense_tensors(flat, buffers)):
-        buffer.copy_(synced)
+    _average_in_place([b for m in layers for b in (m.running_mean, m.running_var)])
 
 
 class PerProcessBatchNorm(nn.Module):

@@ -1,0 +1,90 @@
+"""One row of BENCHMARKS.md's "Learning on CIFAR-10 at CPU scale" table: the slow tests' harness
+(tests/learning.py: tiny backbone on a CIFAR-10 subset, weighted kNN k=200 T=0.1 on 2,000 test
+images against the random-init backbone of the same seed) with any setting, printed as one JSON
+line and appended to benchmarks/results/learning.jsonl.
+
+    python benchmarks/learning.py METHOD --seed 0 --epochs 60 [--method-args JSON] [--overrides JSON]
+    python benchmarks/learning.py simsiam --collapse 100   # SimSiam's Figure 2 row: 100 steps with and without stop-gradient
+    e.g. python benchmarks/learning.py instdisc --epochs 60 \
+        --method-args '{"loss": "softmax", "temperature": 0.1}' \
+        --overrides '{"train_subset": 1000, "batch_size": 128, "lr": 0.06, "weight_decay": 5e-4, "warmup_epochs": 0}'
+
+Records the final and random-init kNN top-1, their difference (the gain the tests assert), the
+kNN at each ``eval_every`` epoch, the first and last logged losses, the wall time and, for BYOL
+and SimSiam, the std of the normalized projection (SimSiam's collapse monitor, with d).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import hardware  # noqa: E402
+
+from tests.learning import learning_run  # noqa: E402
+
+RESULTS = ROOT / "benchmarks" / "results" / "learning.jsonl"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("method")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--epochs", type=int, default=6)
+    parser.add_argument("--method-args", default="{}", help="JSON object: the method's config fields")
+    parser.add_argument("--overrides", default="{}", help="JSON object: TrainConfig fields (train_subset, batch_size, lr, ...)")
+    parser.add_argument("--collapse", type=int, metavar="STEPS",
+                        help="simsiam only: the output std x sqrt(d) after STEPS steps with and without stop-gradient "
+                        "(tests/test_simsiam.py's miniature of Figure 2)")
+    parser.add_argument("--no-write", action="store_true", help="print only")
+    args = parser.parse_args()
+    if args.collapse:
+        from tests.test_simsiam import output_std_after_training
+
+        start = time.time()
+        row = {"method": "simsiam", "collapse_steps": args.collapse,
+               **{f"std_sqrt_d_stop_gradient_{sg}": output_std_after_training(sg, args.collapse) for sg in (True, False)},
+               "seconds": round(time.time() - start, 1), "hardware": hardware("cpu"), "date": time.strftime("%Y-%m-%d")}
+        return write(row, args.no_write)
+    method_args, overrides = json.loads(args.method_args), json.loads(args.overrides)
+
+    start = time.time()
+    with tempfile.TemporaryDirectory(prefix=f"learning-{args.method}-") as tmp:
+        summary = learning_run(args.method, Path(tmp), epochs=args.epochs, seed=args.seed, method_args=method_args, **overrides)
+        records = [json.loads(line) for line in (Path(summary["run_dir"]) / "metrics.jsonl").read_text().splitlines()]
+        std = None
+        if args.method in ("byol", "simsiam"):
+            from tests.test_byol import projection_std
+
+            value, dim = projection_std(summary)
+            std = {"std": value, "dim": dim, "std_sqrt_d": value * dim**0.5}
+    losses = [r["loss"] for r in records if "loss" in r]
+    row = {
+        "method": args.method, "seed": args.seed, "epochs": args.epochs, "method_args": method_args,
+        "overrides": overrides, "knn_top1": summary["knn_top1"], "knn_random_top1": summary["knn_random_top1"],
+        "gain": summary["knn_top1"] - summary["knn_random_top1"],
+        "knn_by_epoch": [(r.get("epoch"), r["knn_top1"]) for r in records if "knn_top1" in r],
+        "loss_first": losses[:1], "loss_last": losses[-1:], "projection": std,
+        "seconds": round(time.time() - start, 1), "hardware": hardware("cpu"),
+        "date": time.strftime("%Y-%m-%d"),
+    }
+    write(row, args.no_write)
+
+
+def write(row: dict, print_only: bool) -> None:
+    print(json.dumps(row))
+    if not print_only:
+        RESULTS.parent.mkdir(parents=True, exist_ok=True)
+        with RESULTS.open("a") as f:
+            f.write(json.dumps(row) + "\n")
+
+
+if __name__ == "__main__":
+    main()
