@@ -10,8 +10,9 @@ line and appended to benchmarks/results/learning.jsonl.
         --overrides '{"train_subset": 1000, "batch_size": 128, "lr": 0.06, "weight_decay": 5e-4, "warmup_epochs": 0}'
 
 Records the final and random-init kNN top-1, their difference (the gain the tests assert), the
-kNN at each ``eval_every`` epoch, the first and last logged losses, the wall time and, for BYOL
-and SimSiam, the std of the normalized projection (SimSiam's collapse monitor, with d).
+kNN at each ``eval_every`` epoch, the first and last logged losses, the wall time and, for BYOL,
+SimSiam, SwAV and DINO, the std of the normalized embedding (SimSiam's collapse monitor, with d;
+tests/learning.py::output_std).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import hardware  # noqa: E402
 
-from tests.learning import learning_run  # noqa: E402
+from tests.learning import learning_run, output_std  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "learning.jsonl"
 
@@ -60,10 +61,8 @@ def main() -> None:
         summary = learning_run(args.method, Path(tmp), epochs=args.epochs, seed=args.seed, method_args=method_args, **overrides)
         records = [json.loads(line) for line in (Path(summary["run_dir"]) / "metrics.jsonl").read_text().splitlines()]
         std = None
-        if args.method in ("byol", "simsiam"):
-            from tests.test_byol import projection_std
-
-            value, dim = projection_std(summary)
+        if args.method in ("byol", "simsiam", "swav", "dino"):
+            value, dim = output_std(summary)
             std = {"std": value, "dim": dim, "std_sqrt_d": value * dim**0.5}
     losses = [r["loss"] for r in records if "loss" in r]
     row = {

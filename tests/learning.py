@@ -11,7 +11,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from selfsup.engine import TrainConfig, train
+from selfsup.losses import normalized_output_std
 
 from .conftest import shared_data_dir
 
@@ -47,3 +50,26 @@ def learning_run(
         **overrides,
     )
     return train(config)
+
+
+def output_std(summary: dict[str, Any], images: int = 1000) -> tuple[float, int]:
+    """The collapse monitor of SimSiam's Figure 2 on a trained run: the std over ``images`` CIFAR-10
+    test images (eval mode) of each channel of the L2-normalized embedding the method's loss is
+    built on, averaged over channels, and the embedding's dimension d. Spread outputs give about
+    1/sqrt(d), a collapsed one (every image the same direction) 0.
+
+    The embedding is the projector's output for BYOL, SimSiam and SwAV (SwAV scores it against the
+    prototypes), and DINO's teacher head bottleneck (the L2-normalized vector its last layer maps
+    to K outputs; the teacher is what DINO evaluates)."""
+    from selfsup.data import load_dataset
+    from selfsup.engine import load_method
+
+    method, config, _ = load_method(summary["checkpoint"])
+    test = load_dataset("cifar10", "test", data_dir=config.data_dir, limit=images, seed=1)
+    with torch.no_grad():
+        features = method.representation(method.eval_transform(test.images))
+        if hasattr(method, "teacher_head"):
+            z = method.teacher_head.embed(features)
+        else:
+            z = method.projector(features)
+    return float(normalized_output_std(z)), z.shape[1]

@@ -12,11 +12,11 @@ from selfsup import methods
 from selfsup.engine import TrainConfig, Trainer
 from selfsup.engine.optim import build_optimizer
 from selfsup.errors import ConfigError
-from selfsup.losses import byol_loss, normalized_mse, normalized_output_std
+from selfsup.losses import byol_loss, normalized_mse
 from selfsup.methods import Progress
 from selfsup.nn import create_backbone, ema_update
 
-from .learning import learning_run
+from .learning import learning_run, output_std
 
 
 def normalized_mse_reference(q: torch.Tensor, z: torch.Tensor) -> float:
@@ -164,19 +164,6 @@ def test_ema_update_is_the_paper_formula() -> None:
         torch.testing.assert_close(t, 0.7 * b + 0.3 * o)
 
 
-def projection_std(summary: dict) -> tuple[float, int]:
-    """SimSiam's Figure 2 monitor on the trained run: std of the L2-normalized online projections of
-    1,000 test images (eval mode), and the projection's dimension."""
-    from selfsup.data import load_dataset
-    from selfsup.engine import load_method
-
-    method, config, _ = load_method(summary["checkpoint"])
-    test = load_dataset("cifar10", "test", data_dir=config.data_dir, limit=1000, seed=1)
-    with torch.no_grad():
-        z = method.projector(method.representation(method.eval_transform(test.images)))
-    return float(normalized_output_std(z)), z.shape[1]
-
-
 @pytest.mark.slow
 def test_byol_learns_on_cifar10(tmp_path) -> None:
     """BYOL beats the random-init backbone under the kNN probe (2,000 CIFAR-10 test images), and
@@ -198,5 +185,5 @@ def test_byol_learns_on_cifar10(tmp_path) -> None:
     )
     gain = summary["knn_top1"] - summary["knn_random_top1"]
     assert gain > 0.015, summary
-    std, dim = projection_std(summary)
+    std, dim = output_std(summary)
     assert std > 0.5 / math.sqrt(dim), std

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ConfigError
-from ..losses import dino_loss
+from ..losses import dino_loss, normalized_output_std
 from ..nn import all_reduce_sum, cosine_momentum
 from ..nn.backbones import SMALL_IMAGE, Backbone, forward_multicrop
 from .base import Method, MethodConfig, Progress, RecipeChoice
@@ -91,10 +91,16 @@ class DINOHead(nn.Module):
                 nn.init.zeros_(module.bias)
         self.last_layer = WeightNormLinear(config.bottleneck_dim, out_dim, learn_norm=not config.norm_last_layer)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """The L2-normalized bottleneck (float32) that the last layer maps to the K outputs."""
         x = self.mlp(x)
         with torch.autocast(device_type=x.device.type, enabled=False):
-            return self.last_layer(F.normalize(x.float(), dim=-1))
+            return F.normalize(x.float(), dim=-1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        z = self.embed(x)
+        with torch.autocast(device_type=z.device.type, enabled=False):
+            return self.last_layer(z)
 
 
 @register
@@ -149,12 +155,16 @@ class DINO(Method):
             raise ConfigError(f"dino needs at least {max(2, num_global)} views, got {len(views)}.")
         student = self.head(forward_multicrop(self.backbone, views)).split(batch)
         with torch.no_grad():
-            teacher = self.teacher_head(forward_multicrop(self.teacher_backbone, views[:num_global]))
+            embedding = self.teacher_head.embed(forward_multicrop(self.teacher_backbone, views[:num_global]))
+            with torch.autocast(device_type=embedding.device.type, enabled=False):
+                teacher = self.teacher_head.last_layer(embedding)
         temperature = self.teacher_temperature(self.progress)
         loss = dino_loss(student, teacher.split(batch), self.center, self.config.student_temperature, temperature)
         count = torch.full((1,), float(teacher.shape[0]), device=teacher.device)
         self._pending_center = torch.cat((teacher.float().sum(dim=0), count))
-        return {"loss": loss, "teacher_temperature": torch.tensor(temperature)}
+        # Collapse monitor (SimSiam's Figure 2 measure): ~1/sqrt(256) spread, 0 when every image
+        # gets the same teacher embedding, which centering turns into a uniform teacher (loss ln K).
+        return {"loss": loss, "teacher_temperature": torch.tensor(temperature), "output_std": normalized_output_std(embedding[:batch])}
 
     def ema_pairs(self) -> list[tuple[nn.Module, nn.Module]]:
         return [(self.backbone, self.teacher_backbone), (self.head, self.teacher_head)]
