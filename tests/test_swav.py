@@ -1,6 +1,6 @@
 """SwAV (arXiv 2006.09882): Sinkhorn codes and the swapped prediction loss against float64 loop
 transcriptions of the official code; prototypes, queue and freezing in the method; learning on
-real CIFAR-10 (slow; what it does and does not show is in its docstring)."""
+real CIFAR-10 without collapse (slow)."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from selfsup.losses import sinkhorn, swav_loss
 from selfsup.methods import Progress
 from selfsup.nn import create_backbone
 
-from .learning import learning_run
+from .learning import learning_run, output_std
 
 
 def reference_sinkhorn(scores: np.ndarray, epsilon: float, iterations: int) -> np.ndarray:
@@ -232,28 +232,34 @@ def test_swav_checkpoint_restores_queue_state(tmp_path, data_dir) -> None:
 
 
 @pytest.mark.slow
-def test_swav_trains_on_cifar10_without_destroying_the_features(tmp_path) -> None:
-    """What the CPU-scale run shows for SwAV, and what it does not (yet).
+def test_swav_learns_on_cifar10(tmp_path) -> None:
+    """SwAV beats the random-init backbone under the kNN probe (2,000 CIFAR-10 test images), its
+    loss ends below ln K and its embedding does not collapse.
 
-    SwAV with multi-crop (2x32 + 2x16 px) on 5,000 CIFAR-10 images, 6 epochs of batch 256, tiny
-    backbone, LARS at base lr 0.15. Its swapped-prediction loss must fall (measured on the shared
-    2-core CPU, seed 0: 5.956 in the first epoch, 5.706 in the last, ln 300 = 5.704) and the kNN
-    top-1 must stay within 2 points of the random-init backbone's.
+    Multi-crop (2 x 32 + 2 x 16 px), 300 prototypes, 5,000 images, 6 epochs of batch 256, tiny
+    backbone, LARS at base lr 0.15, and epsilon 0.03: the first workaround of the official README
+    ("Common Issues") for a loss stuck at ln K, the uniform collapse where every image gets one
+    output. Measured on the shared 2-core CPU (benchmarks/learning.py, BENCHMARKS.md): seed 0
+    32.95% vs 29.35% random-init (+3.6 points), seed 1 33.25% vs 30.65% (+2.6), seed 2 34.1% vs
+    32.4% (+1.7); the embedding's std 0.63, 0.54 and 0.58 / sqrt(d); the loss ends at 5.63, 5.64
+    and 5.61 against ln 300 = 5.704. With the paper's epsilon 0.05 the same run gained +1.35
+    (seed 0), 3 epochs -0.1 (seed 1), and 60 epochs on 1,000 images +3.45 for seed 0 but -4.15
+    for seed 1, whose loss sat at ln 300 to 4 decimals: the collapse. Epsilon 0.02 gave +4.85 /
+    +2.35; lr 0.6 with epsilon 0.03 +3.2 (seed 0); batch 64 at lr 0.6 (4x the steps) +1.5 (seed 2).
 
-    This is NOT a proof that SwAV learns: no CPU-sized setting tried gave a gain that held over
-    seeds. Measured gains over the random-init backbone (seed 0 unless said): the paper's
-    defaults (lr 0.6, 300 prototypes) -0.05 points; lr 0.15 +1.35 (+3.35 after 2 of the 6
-    epochs); 3,000 prototypes frozen for 2 epochs +1.45; 100 prototypes -3.8 (its loss went to
-    ln K: uniform predictions); no local crops +1.4 at epoch 4; lr 0.15 for 3 epochs +3.25, but
-    seed 1 -0.1; 30 epochs on 1,000 images (batch 128) +2.15, 60 epochs +3.45 and still rising, but
-    seed 1 -4.15 with its loss at ln 300 to 4 decimals (uniform codes and predictions: collapse);
-    batch 64 (30 epochs on 1,000) +0.25 and, seed 1, -2.65. The loss staying near ln K says the codes and
-    predictions are still close to uniform after 114 steps: the clustering has not formed at this
-    scale. The learning check belongs on a GPU run (see the issue notes)."""
-    summary = learning_run("swav", tmp_path, seed=0, epochs=6, lr=0.15, augment={"num_local": 2})
+    The 1-point margin sits 0.7 points below the lowest of the three gains (the test runs seed 0,
+    +3.6) and fails for a method that does not learn (gain about 0) or collapses (negative gain,
+    loss at ln K, std near 0). Spread
+    embeddings give about 1 / sqrt(d), a collapsed one 0: the 0.3 / sqrt(d) bound sits about half
+    way between the collapse and the lowest value measured."""
+    summary = learning_run(
+        "swav", tmp_path, seed=0, epochs=6, lr=0.15, augment={"num_local": 2}, method_args={"epsilon": 0.03}
+    )
     gain = summary["knn_top1"] - summary["knn_random_top1"]
-    assert gain > -0.02, summary
+    assert gain > 0.01, summary
     records = [json.loads(line) for line in (Path(summary["run_dir"]) / "metrics.jsonl").read_text().splitlines()]
     losses = [r["loss"] for r in records if "loss" in r]
     assert all(math.isfinite(loss) for loss in losses), losses
-    assert losses[-1] < losses[0] - 0.1, losses
+    assert losses[-1] < math.log(300), losses  # ln K exactly is the uniform collapse
+    std, dim = output_std(summary)
+    assert std > 0.3 / math.sqrt(dim), std

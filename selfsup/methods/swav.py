@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ConfigError
-from ..losses import sinkhorn, swav_loss
+from ..losses import normalized_output_std, sinkhorn, swav_loss
 from ..nn import MLP, gather, get_rank, get_world_size
 from ..nn.backbones import SMALL_IMAGE, forward_multicrop
 from .base import Method, MethodConfig, Progress, RecipeChoice
@@ -27,7 +27,11 @@ class SwAVConfig(MethodConfig):
     proj_hidden_dim: int = 2048  # hidden width of the projection MLP (official resnet50.py: hidden_mlp)
     proj_output_dim: int = 128  # the embedding z, L2-normalized before the prototypes (feat_dim)
     temperature: float = 0.1  # of the softmax over prototype scores (eq. 2)
-    epsilon: float = 0.05  # entropy regularization of the Sinkhorn-Knopp codes (section 3.1, appendix A.1)
+    # Entropy regularization of the Sinkhorn-Knopp codes (section 3.1, appendix A.1). If the loss
+    # sits at ln K (every image one output, uniform codes: the collapse of the official README's
+    # "Common Issues"), its first workaround is 0.03: sharper codes. Measured at CPU scale
+    # (BENCHMARKS.md): 0.05 collapsed on one seed of two, 0.03 learned on three of three.
+    epsilon: float = 0.05
     sinkhorn_iterations: int = 3  # "3 iterations are enough" (section 3.1)
     num_assign_views: int = 2  # codes are computed from the first views only: the global crops
     # Embeddings of past batches added to Sinkhorn's batch when it is small: 3,840 in the official
@@ -114,7 +118,9 @@ class SwAV(Method):
         loss = swav_loss(per_view, codes, self.config.temperature)
         if self.config.queue_length > 0:
             self._pending = z[: assign * batch].detach().view(assign, batch, -1)
-        return {"loss": loss}
+        # Collapse monitor (SimSiam's Figure 2 measure) on the first view's embeddings: ~1/sqrt(d)
+        # when spread; SwAV's collapse (one output for every image, uniform codes, loss ln K) gives 0.
+        return {"loss": loss, "output_std": normalized_output_std(z[:batch])}
 
     def before_optimizer_step(self, progress: Progress) -> None:
         if self._frozen(progress):
