@@ -62,6 +62,39 @@ def test_nonfinite_loss_stops_naming_the_step_and_keeps_the_checkpoint(tmp_path,
     assert all(torch.isfinite(v).all() for v in state["model"].values() if v.dtype.is_floating_point)
 
 
+def test_metrics_of_a_run_resumed_after_a_crash_have_each_step_once(tmp_path, monkeypatch) -> None:
+    """A run that dies after its last checkpoint has logged steps its resumed run logs again
+    (metrics.jsonl is only appended to); read_metrics, which the report uses, keeps each step
+    once, from the run that went on."""
+    from selfsup.engine.logger import read_jsonl, read_metrics
+    from selfsup.eval.report import read_run
+    from selfsup.methods.simclr import SimCLR
+
+    real_forward = SimCLR.forward
+    calls = {"n": 0}
+
+    def forward(self, views, index=None):
+        out = real_forward(self, views, index)
+        calls["n"] += 1
+        if calls["n"] == 7:  # step index 6: the checkpoint is at step 4, steps 5 and 6 are logged
+            out["loss"] = out["loss"] * float("nan")
+        return out
+
+    monkeypatch.setattr(SimCLR, "forward", forward)
+    with pytest.raises(NonFiniteLossError):
+        Trainer(small_config(tmp_path, log_every=1)).fit()
+    monkeypatch.setattr(SimCLR, "forward", real_forward)
+    resumed = Trainer(small_config(tmp_path, log_every=1), resume=True)
+    assert resumed.state.step == 4
+    resumed.fit()
+    raw = [r["step"] for r in read_jsonl(resumed.run_dir / "metrics.jsonl") if "loss" in r]
+    assert len(raw) > len(set(raw)), raw  # the dead attempt's steps are in the file
+    records = read_metrics(resumed.run_dir)
+    steps = [r["step"] for r in records if "loss" in r]
+    assert steps == list(range(1, 9)), steps
+    assert read_run(resumed.run_dir)["metrics"] == records
+
+
 def test_skip_nonfinite_skips_the_step(tmp_path, monkeypatch) -> None:
     from selfsup.methods.simclr import SimCLR
 

@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from ..data import ImageSet
+from ..engine.logger import read_jsonl, read_metrics
 from .knn import extract_features
 
 # Columns of `selfsup compare`: (key, header); values that are fractions print as percentages.
@@ -45,18 +46,6 @@ _NOT_CURVES = {"time", "step", "epoch", "images_per_s", "random_init", "knn_top1
 
 
 # -- reading a run ------------------------------------------------------------------------------
-def _read_jsonl(path: Path) -> list[dict[str, Any]]:
-    if not path.is_file():
-        return []
-    records = []
-    for line in path.read_text().splitlines():
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue  # a line cut by a kill mid-write
-    return records
-
-
 def read_run(run_dir: str | Path) -> dict[str, Any]:
     """The files of a run: resolved config, summary, metrics and recorded probe results."""
     import yaml
@@ -71,8 +60,8 @@ def read_run(run_dir: str | Path) -> dict[str, Any]:
         "dir": run_dir,
         "config": yaml.safe_load((run_dir / "config.yaml").read_text()) or {},
         "summary": json.loads(summary_path.read_text()) if summary_path.is_file() else {},
-        "metrics": _read_jsonl(run_dir / "metrics.jsonl"),
-        "evals": _read_jsonl(run_dir / "evals.jsonl"),
+        "metrics": read_metrics(run_dir),
+        "evals": read_jsonl(run_dir / "evals.jsonl"),
     }
 
 
