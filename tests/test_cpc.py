@@ -252,13 +252,13 @@ def test_cpc_beats_random_init_on_cifar10(tmp_path) -> None:
     # 64 rather than SimCLR's 256: at 256 the score matrix (35,840 x 12,544) costs more than the
     # encoder. Learning rate: AdamW 5e-4 (base 2e-3 per 256 under linear scaling) instead of the
     # paper's 2e-4 per 256, which would be 5e-5 at batch 64 and learn too little in 234 steps.
-    # Measured on the shared 2-core CPU (load 4-14, 400-1000 s; a quiet machine should take
-    # about 3 minutes): seed 0 33.65% vs 30.65% random-init (+3.0 points), seed 1 32.45% vs
-    # 29.90% (+2.55). At base lr 4e-3 the gains were +4.35 and +2.1 (more spread, closer to
-    # the lr at which the features collapsed, so 2e-3 is used). Both accuracies come from the
+    # Measured on the quiet shared 2-core CPU (benchmarks/learning.py, 140-195 s): seed 0 33.8% vs
+    # 30.65% random-init (+3.15 points), seed 1 32.5% vs 29.9% (+2.6); an earlier, loaded
+    # measurement gave +3.0 and +2.55. At base lr 4e-3 the gains were +4.35 and +2.1 (more
+    # spread, closer to the lr at which the features collapsed, so 2e-3 is used). Both accuracies come from the
     # same 2,000 test images, so the gain is a paired difference; each accuracy's binomial
-    # standard error is about 1 point. A 1-point margin sits 1.5 points below every gain at
-    # this lr while a method that does not learn fails it: a run whose encoder collapsed
+    # standard error is about 1 point. A 1-point margin sits 1.5 points or more below every gain
+    # at this lr while a method that does not learn fails it: a run whose encoder collapsed
     # (random predictors at init, docs/cpc.md) measured -4.6 points.
     summary = learning_run("cpc", tmp_path, epochs=3, batch_size=64, lr=0.002, seed=0)
     gain = summary["knn_top1"] - summary["knn_random_top1"]

@@ -371,8 +371,8 @@ def test_moco_v2_beats_random_init_on_cifar10(tmp_path) -> None:
 @pytest.mark.slow
 def test_moco_v3_beats_random_init_on_cifar10(tmp_path) -> None:
     # The paper's ResNet defaults unchanged (temperature 1.0, momentum 0.99 -> 1 cosine, 4,096-wide
-    # MLPs, LARS lr 0.6). Measured on the shared 2-core CPU: seed 0 39.30% vs 29.35% random-init
-    # (+9.95 points), seed 1 36.35% vs 30.65% (+5.7). The gain varied by 4.3 points between seeds;
+    # MLPs, LARS lr 0.6). Measured on the shared 2-core CPU (benchmarks/learning.py): seed 0 39.6%
+    # vs 29.35% random-init (+10.25 points; an earlier run +9.95), seed 1 36.35% vs 30.65% (+5.7). The gain varied by 4.3 points between seeds;
     # the 3-point margin sits 2.7 points (about 2 standard errors) below the lower one and still
     # fails for a method that does not learn.
     summary = learning_run("moco_v3", tmp_path, epochs=6, seed=0)
