@@ -234,12 +234,12 @@ def test_dino_learns_on_cifar10(tmp_path) -> None:
 
     The kNN gain alone does not rule out a collapse: without centering (center_momentum 1.0, the
     center stays 0) the same run gained +8.2 points while its head collapsed to one dimension
-    (loss 0.08, every image the same one-hot teacher output; Figure 7 of the paper). The
+    (loss 0.08, every image the same one-hot teacher output: the paper's collapse study). The
     monitor is the std over 1,000 test images of each channel of the teacher's L2-normalized
     bottleneck (tests/learning.py::output_std): 0.29, 0.27 and 0.32 / sqrt(d) with centering
-    (seeds 0-2), 0.09 / sqrt(d) for that collapse. The bound
-    0.18 / sqrt(d) sits about half way between the collapse and the lowest healthy value. The
-    loss stays near ln 4,096 = 8.32 in these short runs (near-uniform teacher outputs)."""
+    (seeds 0-2), 0.09 / sqrt(d) for that collapse. The bound 0.18 / sqrt(d) sits about half way
+    between the collapse and the lowest healthy value. The loss stays near ln 4,096 = 8.32 in
+    these short runs (near-uniform teacher outputs)."""
     summary = learning_run("dino", tmp_path, seed=0, epochs=30, train_subset=1000, batch_size=64, augment={"num_local": 2})
     gain = summary["knn_top1"] - summary["knn_random_top1"]
     assert gain > 0.02, summary

@@ -281,8 +281,8 @@ def test_simsiam_learns_on_cifar10(tmp_path) -> None:
     5,000 images (936 steps) at base lr 0.2 per 256, i.e. 0.05 per step, the paper's per-step
     rate at batch 256: SimSiam, like BYOL, needs steps more than images. Measured on the shared
     2-core CPU (benchmarks/learning.py, about 130 s each): seed 0 35.0% vs 29.35% random-init
-    (+5.65 points), seed 1 33.9% vs 30.65% (+3.25), seed 2 36.3% vs 32.4% (+3.9), every one still
-    rising at the last epoch; output std 0.95, 0.97 and 0.99 / sqrt(d). Shorter runs gave no gain
+    (+5.65 points), seed 1 33.9% vs 30.65% (+3.25), seed 2 36.3% vs 32.4% (+3.9), seeds 0 and 2
+    still rising at the last epoch; output std 0.95, 0.97 and 0.99 / sqrt(d). Shorter runs gave no gain
     that held over seeds (each +/- a few points): 6 epochs of batch 256 (114 steps) +2.4 / -3.75
     with the 2,048-d heads and +1.85 / -1.35 with these heads, 6 epochs of batch 64 +0.25 / +2.9,
     30 epochs of batch 64 on 1,000 images +4.0 / +0.8 (peaking near epoch 10).
