@@ -29,6 +29,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import hardware  # noqa: E402
 
+from selfsup.engine.logger import read_metrics  # noqa: E402
 from tests.learning import learning_run, output_std  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "learning.jsonl"
@@ -59,7 +60,7 @@ def main() -> None:
     start = time.time()
     with tempfile.TemporaryDirectory(prefix=f"learning-{args.method}-") as tmp:
         summary = learning_run(args.method, Path(tmp), epochs=args.epochs, seed=args.seed, method_args=method_args, **overrides)
-        records = [json.loads(line) for line in (Path(summary["run_dir"]) / "metrics.jsonl").read_text().splitlines()]
+        records = read_metrics(summary["run_dir"])
         std = None
         if args.method in ("byol", "simsiam", "swav", "dino"):
             value, dim = output_std(summary)
