@@ -175,8 +175,8 @@ def test_byol_learns_on_cifar10(tmp_path) -> None:
     tiny network too little), 30 epochs of batch 64 on 1,000 images: 480 steps, where 6 epochs of
     batch 256 on 5,000 images (114 steps, the same image passes) measured +4.65 and +0.2 points
     at lr 1.0 and +1.7 and -0.75 at lr 0.2 (seeds 0 and 1): BYOL's target needs steps to move.
-    Measured here on the shared 2-core CPU: seed 0 29.80% vs 22.00% random-init (+7.8 points),
-    seed 1 25.05% vs 21.75% (+3.3), both still rising at the last epoch; the projection's std
+    Measured here on the shared 2-core CPU: seed 0 30.05% vs 22.00% random-init (+8.05 points),
+    seed 1 25.05% vs 21.75% (+3.3); the projection's std
     0.81 / sqrt(d) in both. The 1.5-point margin sits 1.8 points (about 1.3 standard errors of a
     paired gain) below the lower gain and fails for a method that does not learn (gain about 0)."""
     summary = learning_run(

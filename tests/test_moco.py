@@ -356,8 +356,8 @@ def test_mocov3_forward_is_the_symmetrized_loss_of_its_encoders() -> None:
 
 @pytest.mark.slow
 def test_moco_v2_beats_random_init_on_cifar10(tmp_path) -> None:
-    # Measured on the shared 2-core CPU: seed 0 36.05% vs 29.35% random-init (+6.7 points), seed 1
-    # 37.10% vs 30.65% (+6.45). The 3-point margin sits more than 2 standard errors of a gain below
+    # Measured on the shared 2-core CPU: seed 0 36.35% vs 29.35% random-init (+7.0 points; an
+    # earlier run +6.7), seed 1 37.10% vs 30.65% (+6.45). The 3-point margin sits more than 2 standard errors of a gain below
     # both, and fails for a method that does not learn (gain about 0). Everything but the key
     # encoder's momentum is the paper's v2 default (queue 4,096, temperature 0.2, MLP head, SGD
     # lr 0.03): 114 steps at m = 0.999 would leave the key encoder 89% at its random init, so
