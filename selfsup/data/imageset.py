@@ -44,6 +44,7 @@ class ImageSet:
     paths: list[str] | None = None
     image_size: int | None = None
     skipped: list[str] = field(default_factory=list)
+    origin: str = ""  # where the images come from, for messages (e.g. "photos/ (held-out 10% of each class)")
 
     def __post_init__(self) -> None:
         if self.images is not None and self.image_size is None:
@@ -75,7 +76,12 @@ class ImageSet:
             images=None if self.images is None else self.images[idx].clone(),
             paths=None if self.paths is None else [self.paths[i] for i in idx.tolist()],
             image_size=self.image_size,
+            origin=self.origin,
         )
+
+    def describe(self) -> str:
+        """``origin`` (or the name and split) and the number of images, for messages."""
+        return f"{self.origin or f'{self.name} ({self.split})'}: {len(self)} images"
 
 
 def resize_center_crop(image: Image.Image, size: int) -> Image.Image:

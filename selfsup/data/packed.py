@@ -48,7 +48,9 @@ def _check_layout(path: Path, files: list[str], split: str) -> None:
         hint = f" It holds the splits: {', '.join(present)}." if present else ""
         raise DataError(
             f"packed file '{path}' has no split '{split}' (missing keys: {', '.join(missing)}).{hint} "
-            "The layout is described in selfsup/data/packed.py and written by `selfsup data pack`."
+            "The layout is described in selfsup/data/packed.py and written by `selfsup data pack`; raw uint8 "
+            "arrays are read from the keys 'images' (+ 'labels', 'classes') or 'train_images'/'test_images' "
+            "(+ 'train_labels'/'test_labels'), see selfsup/data/arrays.py."
         )
 
 

@@ -14,14 +14,17 @@ import os
 import pickle
 import socket
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
 
 from ..errors import DataError, closest
-from .folder import load_folder
+from .arrays import load_raw, raw_layout
+from .folder import load_folder, scan_folder
 from .imageset import DEFAULT_MAX_IMAGE_PIXELS, ImageSet
 from .packed import load_packed, packed_splits
+from .splits import _HELDOUT_ORDER, SPLIT_SEED, heldout_split, layout_folder, split_layout
 
 BUILTIN = ("digits", "cifar10", "cifar100")
 _CIFAR = {
@@ -184,39 +187,50 @@ def load_dataset(
     seed: int = 0,
     max_memory_bytes: int = 8 << 30,
     max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
+    val_fraction: float | None = None,
 ) -> ImageSet:
-    """Load one split of a source: a built-in name, a folder, or a packed ``.npz`` file.
+    """Load one split of a source: a built-in name, a folder, or a ``.npz`` file (packed or raw arrays).
 
     ``limit`` keeps a fixed random subset of that many images (drawn with ``seed``; for packed
     files only those are decoded). ``image_size`` is the stored size of folder images (shorter
     side resized, then centre-cropped) and defaults to 64 for folders.
+
+    A folder in the ImageFolder layout (``train/`` + ``val/`` or ``test/``) gives its split
+    folders. Any other labelled source without a test split of its own (a folder of class
+    subfolders, a raw ``.npz`` with one ``images`` array, a packed file with only ``train``) is
+    split by ``val_fraction`` (:mod:`selfsup.data.splits`): ``train`` is the rest, ``test``/``val``
+    the held-out images of every class. ``val_fraction`` None or 0: every split of such a source
+    is all of it.
     """
     if split not in ("train", "test", "val"):
         raise DataError(f"unknown split '{split}'; use train, test or val.")
+    if val_fraction is not None and not 0 <= val_fraction < 1:
+        raise DataError(f"val_fraction must be in [0, 1), got {val_fraction}.")
     if source == "digits":
         dataset = load_digits_set(split, image_size or 32)
+        dataset.origin = f"digits ({dataset.split} split)"
     elif source in _CIFAR:
         dataset = load_cifar(source, split, data_dir, limit, seed)
+        dataset.origin = f"{source} ({'train' if split == 'train' else 'test'} split)"
         limit = None
     else:
         path = Path(source).expanduser()
         if path.suffix == ".npz":
             if not path.is_file():
                 raise DataError(f"packed file '{path}' does not exist.")
-            splits = packed_splits(path)
-            if split != "train" and split not in splits:
-                alternatives = [s for s in ("test", "val") if s in splits]
-                if not alternatives:
-                    raise DataError(f"packed file '{path}' has no test or val split to evaluate on.")
-                split = alternatives[0]
-            with np.load(path, allow_pickle=False) as archive:
-                count = len(archive[f"{split}_labels"]) if f"{split}_labels" in archive.files else 0
-            dataset = load_packed(path, split, _subset_indices(count, limit, seed), image_size=image_size)
-            limit = None
+            dataset, limit = _load_npz(path, source, split, image_size, limit, seed, val_fraction)
         elif path.exists():
-            dataset = load_folder(
-                path, image_size or 64, split, max_memory_bytes=max_memory_bytes, max_image_pixels=max_image_pixels
-            )
+            layout = split_layout(path)
+            if layout is not None:
+                dataset = _load_layout(path, layout, split, image_size or 64, max_memory_bytes, max_image_pixels)
+            else:
+                def whole() -> ImageSet:
+                    return load_folder(
+                        path, image_size or 64, split, max_memory_bytes=max_memory_bytes, max_image_pixels=max_image_pixels
+                    )
+
+                key = (str(path.resolve()), image_size or 64, max_memory_bytes, max_image_pixels, _mtime(path))
+                dataset = _split_of(key, source, split, val_fraction, whole)
         elif "/" in source or "\\" in source or "." in source:
             raise DataError(f"data path '{source}' does not exist.")
         else:
@@ -226,3 +240,114 @@ def load_dataset(
             )
     indices = _subset_indices(len(dataset), limit, seed)
     return dataset if indices is None else dataset.subset(indices)
+
+
+def _mtime(path: Path) -> int:
+    try:
+        return path.stat().st_mtime_ns
+    except OSError:
+        return 0
+
+
+# The other half of the last source split by a held-out fraction: the trainer and the probes ask
+# for "train" and then "test" (or the reverse), and this saves decoding the folder twice. Popped
+# when asked for, so nothing stays cached beyond that pair.
+_PENDING: dict[tuple, ImageSet] = {}
+
+
+def _split_of(key: tuple, source: str, split: str, fraction: float | None, load_whole: Callable[[], ImageSet]) -> ImageSet:
+    """``split`` of a source that has no split of its own: all of it (no ``fraction``, or no
+    labels), or its training / held-out part (:func:`selfsup.data.splits.heldout_split`)."""
+    if not fraction:
+        dataset = load_whole()
+        dataset.origin = dataset.origin or f"{source} (all images)"
+        return dataset
+    part = "train" if split == "train" else "heldout"
+    pending = _PENDING.pop((key, fraction, part), None)
+    if pending is not None:
+        return pending
+    whole = load_whole()
+    if not whole.labelled:
+        whole.origin = f"{source} (all images; unlabelled, nothing held out)"
+        return whole
+    train_idx, held_idx = heldout_split(whole.labels, fraction)
+    if len(held_idx) == 0:
+        raise DataError(
+            f"'{source}' has no class with two or more labelled images, so nothing can be held out for evaluation. "
+            "Add images, or give separate evaluation data (--val-data / --test-data)."
+        )
+    parts = {"train": whole.subset(train_idx), "heldout": whole.subset(held_idx)}
+    percent = f"{100 * fraction:g}%"
+    parts["train"].origin = f"{source} (training part: all but the held-out {percent} of each class)"
+    parts["heldout"].origin = f"{source} (held-out {percent} of each class, split seed {SPLIT_SEED})"
+    parts["train"].split, parts["heldout"].split = "train", "test"
+    other = "heldout" if part == "train" else "train"
+    _PENDING.clear()
+    _PENDING[(key, fraction, other)] = parts[other]
+    return parts[part]
+
+
+def _load_layout(
+    root: Path, layout: dict[str, Path], split: str, image_size: int, max_memory_bytes: int, max_image_pixels: int
+) -> ImageSet:
+    """A split folder of the ImageFolder layout, with the class indices of ``train/``."""
+    folder = layout_folder(layout, split)
+    dataset = load_folder(folder, image_size, split, max_memory_bytes=max_memory_bytes, max_image_pixels=max_image_pixels)
+    dataset.name, dataset.origin = root.name, str(folder)
+    if folder == layout["train"]:
+        return dataset
+    train_classes = scan_folder(layout["train"])[2]
+    unknown = [c for c in dataset.classes if c not in train_classes]
+    if unknown:
+        raise DataError(
+            f"class folder(s) {', '.join(repr(c) for c in unknown)} of '{folder}' are not classes of "
+            f"'{layout['train']}' ({', '.join(train_classes) or 'none'}); held-out classes must be training classes."
+        )
+    index = torch.tensor([train_classes.index(c) for c in dataset.classes] + [-1], dtype=torch.long)
+    dataset.labels = index[dataset.labels]  # label -1 picks the appended -1
+    dataset.classes = list(train_classes)
+    return dataset
+
+
+def _load_npz(
+    path: Path, source: str, split: str, image_size: int | None, limit: int | None, seed: int, fraction: float | None
+) -> tuple[ImageSet, int | None]:
+    """(the split of a packed or raw-array .npz, the ``limit`` still to apply)."""
+    splits = packed_splits(path)
+    raw = None if splits else raw_layout(_npz_files(path))
+    if raw is not None:
+        if raw == [""] or not ({"test", "val"} & set(raw)):
+            which = raw[0]
+            key = (str(path.resolve()), which, image_size, _mtime(path))
+            dataset = _split_of(key, source, split, fraction, lambda: load_raw(path, which, image_size=image_size))
+            return dataset, limit
+        return _own_split(path, raw, split, lambda s: load_raw(path, s, image_size=image_size)), limit
+    if splits == ["train"] and fraction:
+        key = (str(path.resolve()), "train", image_size, _mtime(path))
+        return _split_of(key, source, split, fraction, lambda: load_packed(path, "train", image_size=image_size)), limit
+    if split != "train" and split not in splits:
+        alternatives = [s for s in ("test", "val") if s in splits]
+        if not alternatives:
+            raise DataError(f"packed file '{path}' has no test or val split to evaluate on.")
+        split = alternatives[0]
+    with np.load(path, allow_pickle=False) as archive:
+        count = len(archive[f"{split}_labels"]) if f"{split}_labels" in archive.files else 0
+    dataset = load_packed(path, split, _subset_indices(count, limit, seed), image_size=image_size)
+    dataset.origin = f"{path} ({split} split)"
+    return dataset, None
+
+
+def _npz_files(path: Path) -> list[str]:
+    with np.load(path, allow_pickle=False) as archive:
+        return list(archive.files)
+
+
+def _own_split(path: Path, present: list[str], split: str, load: Callable[[str], ImageSet]) -> ImageSet:
+    """The split a raw-array file has for ``split`` (test and val stand for each other)."""
+    order = ("train",) if split == "train" else _HELDOUT_ORDER[split]
+    for name in order:
+        if name in present:
+            dataset = load(name)
+            dataset.origin = f"{path} ({name} split)"
+            return dataset
+    raise DataError(f"'{path}' has no {' or '.join(order)} images (it holds: {', '.join(f'{s}_images' for s in present)}).")
