@@ -212,15 +212,19 @@ class Preprocess:
         """Any accepted input -> uint8 ``(B, image_size, image_size, 3)`` on the CPU or device."""
         from PIL import Image
 
-        from ..data.imageset import open_image, resize_center_crop
+        from ..data.imageset import decode_to_array, resize_center_crop, to_rgb
 
         if isinstance(images, (Image.Image, str, Path)):
             images = [images]
         if isinstance(images, (list, tuple)):
             arrays = []
             for item in images:
-                picture = open_image(item) if isinstance(item, (str, Path)) else item.convert("RGB")
-                arrays.append(np.asarray(resize_center_crop(picture, self.image_size), dtype=np.uint8))
+                if isinstance(item, (str, Path)):
+                    # The decoding of the data loaders (JPEG draft scaling included), so that a file
+                    # gives the tensor it gives when embedded or probed as part of a folder.
+                    arrays.append(decode_to_array(item, self.image_size))
+                else:
+                    arrays.append(np.asarray(resize_center_crop(to_rgb(item), self.image_size), dtype=np.uint8))
             return torch.from_numpy(np.stack(arrays))
         tensor = torch.as_tensor(images)
         if tensor.dim() == 3:
