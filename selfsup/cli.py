@@ -118,12 +118,15 @@ def _print_summary(summary: dict[str, Any]) -> None:
         f"{summary['steps']} steps, {summary['wall_time_s']:.0f} s, {summary['images_per_s']:.0f} images/s ({summary['device']})"
     )
     if summary.get("knn_top1") is not None:
+        baseline = "the initial backbone" if summary.get("init") else "random-init"
         print(
-            f"kNN top-1 (k=200): learned {_pct(summary['knn_top1'])} vs random-init {_pct(summary['knn_random_top1'])}"
-            f" (best during training {_pct(summary['best_knn_top1'])})"
+            f"kNN top-1 (k={summary.get('knn_k')}): learned {_pct(summary['knn_top1'])} vs {baseline} "
+            f"{_pct(summary['knn_random_top1'])} (best during training {_pct(summary['best_knn_top1'])})"
         )
+        if summary.get("knn_bank"):
+            print(f"  bank {summary['knn_bank']}; queries {summary['knn_queries']}")
     else:
-        print("kNN: not evaluated (no labelled test split; pass --val-data to monitor a folder source)")
+        print("kNN: not evaluated (no labelled images held out; pass --val-data, or --val-fraction > 0 for a labelled folder)")
 
 
 def _add_eval(sub: argparse._SubParsersAction) -> None:
@@ -131,18 +134,17 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("eval", help="evaluate a run: knn or linear probe on frozen features, or fine-tuning")
     esub = p.add_subparsers(dest="probe", required=True, metavar="{knn,linear,finetune}")
-    for probe, text in (("knn", "weighted kNN on frozen features (k=200, T=0.1)"), ("linear", "linear probe on frozen features")):
+    for probe, text in (("knn", "weighted kNN on frozen features (T=0.1)"), ("linear", "linear probe on frozen features")):
         q = esub.add_parser(probe, help=text, description=f"{text}, beside the same probe on the random-init backbone.")
         q.add_argument("run", help="a run directory or a checkpoint file")
-        q.add_argument("--data", help="labelled source to probe on (default: the run's data)")
-        q.add_argument("--data-dir")
+        add_probe_data_args(q)
         q.add_argument("--device", default="auto")
         q.add_argument("--train-subset", type=int, help="use a fixed random subset of the training split")
         q.add_argument("--test-subset", type=int, help="use a fixed random subset of the test split")
         q.add_argument("--no-baseline", action="store_true", help="skip the random-init baseline")
         q.add_argument("--json", action="store_true", help="print the result as JSON")
         if probe == "knn":
-            q.add_argument("--k", type=int, default=200)
+            q.add_argument("--k", type=int, help="neighbours (default: the run's, or min(200, bank images per class))")
             q.add_argument("--temperature", type=float, default=0.1)
         else:
             q.add_argument("--epochs", type=int, default=100, help="epochs of the linear classifier")
@@ -155,8 +157,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from .engine import evaluate
 
     result = evaluate(
-        args.run, probe=args.probe, data=args.data, data_dir=args.data_dir, device=args.device,
-        k=getattr(args, "k", 200), temperature=getattr(args, "temperature", 0.1),
+        args.run, probe=args.probe, data=args.data, test_data=args.test_data, val_fraction=args.val_fraction,
+        data_dir=args.data_dir, device=args.device, k=getattr(args, "k", None), temperature=getattr(args, "temperature", 0.1),
         linear_epochs=getattr(args, "epochs", 100), train_subset=args.train_subset,
         test_subset=args.test_subset, baseline=not args.no_baseline,
         labels_per_class=getattr(args, "labels_per_class", None), label_fraction=getattr(args, "label_fraction", None),
@@ -165,11 +167,25 @@ def cmd_eval(args: argparse.Namespace) -> int:
         print(json.dumps(result, indent=2))
         return 0
     learned, random = result["learned"], result.get("random")
-    line = f"{args.probe} on {result['data']}: top-1 {_pct(learned['top1'])}, top-5 {_pct(learned['top5'])}"
+    probe = f"knn (k={result['k']})" if args.probe == "knn" else args.probe
+    print(f"{probe}: {'bank' if args.probe == 'knn' else 'trained on'} {result['bank']}; scored on {result['queries']}")
+    line = f"{probe}: top-1 {_pct(learned['top1'])}, top-5 {_pct(learned['top5'])}"
     if random:
-        line += f"  (random-init: top-1 {_pct(random['top1'])}, top-5 {_pct(random['top5'])})"
+        line += f"  ({result['baseline']}: top-1 {_pct(random['top1'])}, top-5 {_pct(random['top5'])})"
     print(line)
     return 0
+
+
+def add_probe_data_args(parser: argparse.ArgumentParser) -> None:
+    """--data / --test-data / --val-fraction of the probes (`selfsup eval knn|linear|finetune`)."""
+    parser.add_argument("--data", help="labelled source the probe learns from or searches (default: the run's data)")
+    parser.add_argument(
+        "--test-data", help="labelled source the probe is scored on (default: the images --data holds out: its test "
+        "split, val/ or test/ folder, or the held-out fraction; naming the same source as --data scores its own "
+        "images, with a warning)",
+    )
+    parser.add_argument("--val-fraction", type=float, help="held-out share of each class of a folder (default: the run's)")
+    parser.add_argument("--data-dir")
 
 
 def _add_methods(sub: argparse._SubParsersAction) -> None:

@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .cli import _pct, register_command
+from .cli import _pct, add_probe_data_args, register_command
 from .errors import ConfigError, SelfsupError
 
 
@@ -36,8 +36,7 @@ def add_finetune_parser(esub: argparse._SubParsersAction) -> None:
         "backbone trained the same way ('pretrained X%% vs from scratch Y%%').",
     )
     q.add_argument("run", help="a run directory or a checkpoint file")
-    q.add_argument("--data", help="labelled source (default: the run's data)")
-    q.add_argument("--data-dir")
+    add_probe_data_args(q)
     q.add_argument("--device", default="auto")
     q.add_argument("--epochs", type=int, default=30)
     q.add_argument("--batch-size", type=int, default=256)
@@ -58,7 +57,8 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     from .engine import evaluate
 
     result = evaluate(
-        args.run, probe="finetune", data=args.data, data_dir=args.data_dir, device=args.device,
+        args.run, probe="finetune", data=args.data, test_data=args.test_data, val_fraction=args.val_fraction,
+        data_dir=args.data_dir, device=args.device,
         train_subset=args.train_subset, test_subset=args.test_subset, baseline=not args.no_baseline,
         labels_per_class=args.labels_per_class, label_fraction=args.label_fraction,
         finetune_args=dict(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
@@ -69,10 +69,12 @@ def cmd_finetune(args: argparse.Namespace) -> int:
         print(json.dumps(result, indent=2))
         return 0
     learned, random = result["learned"], result.get("random")
-    line = (f"fine-tune on {result['data']} ({result['train_images']} labelled images): pretrained top-1 "
+    print(f"fine-tune: trained on {result['bank']}; scored on {result['queries']}")
+    line = (f"fine-tune ({result['train_images']} labelled images): pretrained top-1 "
             f"{_pct(learned['top1'])}, top-5 {_pct(learned['top5'])}")
     if random:
-        line += f"  vs from scratch top-1 {_pct(random['top1'])}, top-5 {_pct(random['top5'])}"
+        scratch = "from the initial backbone" if result["baseline"] != "random-init" else "from scratch"
+        line += f"  vs {scratch} top-1 {_pct(random['top1'])}, top-5 {_pct(random['top5'])}"
     print(line)
     return 0
 
@@ -112,7 +114,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
                               train_subset=args.train_subset, test_subset=args.test_subset)
             random = result.get("random") or {}
             if probe == "knn":
-                row.update(knn_last=result["learned"]["top1"], knn_random=random.get("top1"))
+                row.update(knn_last=result["learned"]["top1"], knn_random=random.get("top1"), knn_k=result["k"])
             else:
                 row.update(linear=result["learned"]["top1"], linear_random=random.get("top1"))
         rows.append(row)

@@ -30,10 +30,16 @@ class TrainConfig:
     method_args: dict[str, Any] = field(default_factory=dict)  # fields of the method's Config
     backbone: str | None = None  # registered backbone; default resnet18 (tiny for the digits demo)
     backbone_args: dict[str, Any] = field(default_factory=dict)  # e.g. cifar_stem, norm, patch_size
+    # Pretrained backbone weights to continue from: a torchvision/timm state dict (.pth, .safetensors),
+    # a `selfsup export`, a selfsup run or checkpoint, or torchvision:<model>.<WEIGHTS> / timm:<model>.
+    init: str | None = None
     # data
     data: str = "digits"  # digits | cifar10 | cifar100 | a folder | a packed .npz
     data_dir: str | None = None  # where built-in datasets are searched first
     val_data: str | None = None  # labelled data for kNN monitoring; default: the source's test split
+    # Share of every class of a labelled source without a split of its own (a folder of class
+    # subfolders, a raw .npz) held out of training for monitoring and probes; split seed 0.
+    val_fraction: float = 0.1
     image_size: int | None = None  # stored side of folder images (default 64); built-ins keep theirs
     train_subset: int | None = None  # train on a fixed random subset of this many images
     max_image_pixels: int = 64_000_000  # decompression-bomb guard: larger images are skipped, with a message
@@ -65,7 +71,7 @@ class TrainConfig:
     sync_bn: bool | None = None  # BN over the global batch across processes; None: the method's paper's choice
     # evaluation during training
     eval_every: int | None = None  # kNN on the test split every N epochs (0: only at the end)
-    knn_k: int = 200
+    knn_k: int | None = None  # None: min(200, labelled bank images per class), the same for the baseline
     knn_temperature: float = 0.1
     online_probe: bool = False  # train a linear classifier on detached features (solo-learn style)
     # run directory, logging, checkpoints
@@ -122,7 +128,9 @@ class TrainConfig:
                 raise ConfigError(f"{name} must be >= 0, got {value}.")
         if self.grad_clip is not None and self.grad_clip <= 0:
             raise ConfigError(f"grad_clip must be > 0 (or null to disable), got {self.grad_clip}.")
-        if self.knn_k <= 0 or self.knn_temperature <= 0:
+        if not 0 <= self.val_fraction < 1:
+            raise ConfigError(f"val_fraction must be in [0, 1) (the share of each class held out), got {self.val_fraction}.")
+        if (self.knn_k is not None and self.knn_k <= 0) or self.knn_temperature <= 0:
             raise ConfigError(f"knn_k and knn_temperature must be > 0, got {self.knn_k} and {self.knn_temperature}.")
         if not 0 <= self.momentum < 1:
             raise ConfigError(f"momentum must be in [0, 1), got {self.momentum}.")

@@ -9,13 +9,14 @@ from typing import Any
 import torch
 
 from ..config import from_dict
-from ..data import ImageSet, load_dataset
-from ..errors import DataError
+from ..data import ImageSet
 from ..eval import extract_features, knn_accuracy, linear_probe
 from ..eval.finetune import finetune, low_label_subset
+from ..eval.knn import choose_k
 from ..methods import Method
 from . import checkpoint as ckpt
 from .config import TrainConfig
+from .heldout import probe_datasets
 from .trainer import autocast_dtype, build_method, build_recipe, pick_device
 
 
@@ -37,17 +38,23 @@ def load_method(path_or_run: str | Path, device: str | torch.device = "cpu", ran
     return method.to(pick_device(str(device))).eval(), config, image_size
 
 
-def _eval_data(config: TrainConfig, data: str | None, data_dir: str | None, image_size: int, test_subset: int | None, train_subset: int | None) -> tuple[ImageSet, ImageSet]:
+def _eval_data(
+    config: TrainConfig, data: str | None, data_dir: str | None, image_size: int, test_subset: int | None,
+    train_subset: int | None, test_data: str | None = None, val_fraction: float | None = None,
+) -> tuple[ImageSet, ImageSet]:
+    """(bank, queries) of a run's probe (:func:`selfsup.engine.heldout.probe_datasets`): by default the
+    run's data and the images it held out (or its ``val_data``); ``data`` / ``test_data`` override them."""
     source = data or config.data
-    common = dict(data_dir=data_dir or config.data_dir, image_size=image_size, seed=config.seed)
-    train = load_dataset(source, "train", limit=train_subset, **common)
-    test = load_dataset(source if not config.val_data or data else config.val_data, "test", limit=test_subset, **common)
-    if not train.labelled or not test.labelled:
-        raise DataError(f"'{source}' has no labels to evaluate with; give a labelled source with --data.")
-    return train, test
+    if test_data is None and data is None and config.val_data is not None:
+        test_data = config.val_data  # what the run was monitored on
+    fraction = config.val_fraction if val_fraction is None else val_fraction
+    return probe_datasets(
+        source, test_data, fraction, data_dir=data_dir or config.data_dir, image_size=image_size, seed=config.seed,
+        train_subset=train_subset, test_subset=test_subset, explicit_test=test_data is not None,
+    )
 
 
-eval_datasets = _eval_data  # (train, test) of a run's labelled source: also used by reports
+eval_datasets = _eval_data  # (bank, queries) of a run's labelled source: also used by reports
 
 
 def probe_features(method: Method, config: TrainConfig, image_size: int, dataset: ImageSet, device: torch.device) -> torch.Tensor:
@@ -64,7 +71,7 @@ def evaluate(
     data: str | None = None,
     data_dir: str | None = None,
     device: str = "auto",
-    k: int = 200,
+    k: int | None = None,
     temperature: float = 0.1,
     linear_epochs: int = 100,
     train_subset: int | None = None,
@@ -74,10 +81,15 @@ def evaluate(
     label_fraction: float | None = None,
     finetune_args: dict[str, Any] | None = None,
     record: bool = True,
+    test_data: str | None = None,
+    val_fraction: float | None = None,
 ) -> dict[str, Any]:
     """Run ``probe`` ('knn', 'linear' or 'finetune') on the trained weights and on the random-init
     ones. ``labels_per_class`` / ``label_fraction`` train the probe on a fixed class-balanced
-    subset (the low-label protocol). With ``record`` the result is appended to the run's
+    subset (the low-label protocol). The probe learns from (or, for kNN, searches) ``data`` and is
+    scored on ``test_data`` (defaults: :func:`_eval_data`). kNN's ``k`` defaults to the run's
+    ``knn_k`` or else :func:`~selfsup.eval.knn.choose_k` of the bank, the same for both backbones.
+    With ``record`` the result is appended to the run's
     ``evals.jsonl`` (read by ``selfsup compare`` and ``selfsup report``)."""
     torch_device = pick_device(device)
     results: dict[str, Any] = {"checkpoint": str(ckpt.resolve_checkpoint(path_or_run)), "probe": probe}
@@ -87,8 +99,14 @@ def evaluate(
             break
         method, config, image_size = load_method(path_or_run, torch_device, random_init=random_init)
         if sets is None:
-            full_train, test = _eval_data(config, data, data_dir, image_size, test_subset, train_subset)
+            full_train, test = _eval_data(config, data, data_dir, image_size, test_subset, train_subset, test_data, val_fraction)
             sets = low_label_subset(full_train, labels_per_class, label_fraction, config.seed), test
+            results.update(data=data or config.data, test_data=test_data or (config.val_data if data is None else None),
+                           bank=full_train.describe(), queries=test.describe(),
+                           baseline="the initial backbone" if getattr(config, "init", None) else "random-init")
+            if probe == "knn":
+                k = choose_k(sets[0].labels, k if k is not None else config.knn_k)
+                results["k"] = k
         train, test = sets
         results["train_images"] = len(train)
         if probe == "finetune":
@@ -98,7 +116,6 @@ def evaluate(
                 method, train, test, torch_device, crop_size=crop, autocast_dtype=amp, seed=config.seed,
                 **(finetune_args or {}),
             )
-            results["data"] = data or config.data
             continue
         with torch.no_grad():
             train_features = probe_features(method, config, image_size, train, torch_device)
@@ -108,7 +125,6 @@ def evaluate(
         else:
             acc = linear_probe(train_features, train.labels, test_features, test.labels, train.num_classes, epochs=linear_epochs)
         results[label] = acc
-        results["data"] = data or config.data
     if record:
         settings = dict(k=k, temperature=temperature) if probe == "knn" else {}
         if probe == "linear":
@@ -116,7 +132,7 @@ def evaluate(
         if probe == "finetune":
             settings.update({k: v for k, v in (finetune_args or {}).items() if k != "progress"})
         settings.update(labels_per_class=labels_per_class, label_fraction=label_fraction,
-                        train_subset=train_subset, test_subset=test_subset)
+                        train_subset=train_subset, test_subset=test_subset, val_fraction=val_fraction)
         _record(results, settings)
     return results
 

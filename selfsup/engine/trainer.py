@@ -31,11 +31,13 @@ from ..augment import Recipe, create_recipe
 from ..data import BatchLoader, ImageSet, load_dataset
 from ..errors import ConfigError, DataError, NonFiniteLossError, SelfsupError, TrainingInterrupted
 from ..eval import extract_features, knn_accuracy
+from ..eval.knn import choose_k
 from ..methods import Method, Progress, create
 from ..nn import all_reduce_mean, create_backbone, ema_update, get_rank, get_world_size
 from . import checkpoint as ckpt
 from . import distributed
 from .config import TrainConfig
+from .heldout import probe_datasets, training_val_fraction
 from .lock import RunLock
 from .logger import MetricsLogger
 from .logger import Progress as ProgressBar
@@ -140,24 +142,21 @@ def check_views_memory(recipe: Recipe, batch_size: int, device: torch.device) ->
 
 
 def load_eval_sets(config: TrainConfig, train: ImageSet) -> tuple[ImageSet, ImageSet] | None:
-    """(bank, queries) for kNN monitoring: the labelled training set and the test split of the
-    source (or ``val_data``). None when there is nothing labelled to probe with (an unlabelled
-    folder, or a folder given without ``val_data``)."""
+    """(bank, queries) for kNN monitoring: the labelled training set and images held out from it
+    (the source's test split, ``val_data``, or the held-out fraction of a folder; see
+    :mod:`selfsup.engine.heldout`). None when there is nothing labelled to probe with (an
+    unlabelled source, or nothing held out)."""
     if not train.labelled:
         return None
-    source = config.val_data or config.data
-    if source == config.data and Path(source).expanduser().is_dir():
-        return None
     try:
-        queries = load_dataset(
-            source, "test", data_dir=config.data_dir, image_size=train.image_size,
-            limit=config.test_subset, seed=config.seed,
+        return probe_datasets(
+            config.data, config.val_data, config.val_fraction, data_dir=config.data_dir, image_size=train.image_size,
+            seed=config.seed, test_subset=config.test_subset, explicit_test=config.val_data is not None, bank=train,
         )
     except DataError:
         if config.val_data:
             raise
-        return None  # a packed file without a test split
-    return (train, queries) if queries.labelled else None
+        return None  # nothing held out (val_fraction 0), or a packed file without a test split
 
 
 class OnlineProbe:
@@ -235,6 +234,7 @@ class Trainer:
         self.train_set = load_dataset(
             config.data, "train", data_dir=config.data_dir, image_size=config.image_size,
             limit=config.train_subset, seed=config.seed, max_image_pixels=config.max_image_pixels,
+            val_fraction=training_val_fraction(config.data, config.val_data, config.val_fraction),
         )
         if config.batch_size > len(self.train_set):
             raise ConfigError(
@@ -446,9 +446,10 @@ class Trainer:
             test_features = self._features(queries)
         finally:
             self.method.train(was_training)
+        self.knn_k = choose_k(bank.labels, self.config.knn_k)  # the same k for the random-init baseline
         return knn_accuracy(
             train_features, bank_labels, test_features, queries.labels,
-            max(bank.num_classes, 1), self.config.knn_k, self.config.knn_temperature, merge=merge,
+            max(bank.num_classes, 1), self.knn_k, self.config.knn_temperature, merge=merge,
         )
 
     def _features(self, dataset: ImageSet, gather: bool = True) -> torch.Tensor:
@@ -740,6 +741,9 @@ class Trainer:
             "knn_top5": result["top5"] if result else None,
             "best_knn_top1": state.best_knn if state.best_knn >= 0 else None,
             "knn_random_top1": state.knn_random,
+            "knn_k": getattr(self, "knn_k", None) if result else None,
+            "knn_bank": self.eval_sets[0].describe() if result and self.eval_sets else None,
+            "knn_queries": self.eval_sets[1].describe() if result and self.eval_sets else None,
             "wall_time_s": round(wall_time, 2),
             "images_per_s": round(steps_run * self.config.batch_size / max(wall_time, 1e-9), 1),
             "device": str(self.device),

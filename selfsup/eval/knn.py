@@ -53,6 +53,27 @@ def extract_features(
     return torch.cat(parts)
 
 
+# InstDisc's k; a smaller bank gets fewer neighbours (see choose_k).
+MAX_K = 200
+
+
+def choose_k(labels: torch.Tensor, requested: int | None = None) -> int:
+    """The k of the weighted kNN for a bank with ``labels``: ``requested`` when given, else
+    ``min(200, labelled bank images per class)``.
+
+    With k = 200 and 30 images per class, every vote includes most of the bank: the random-init
+    baseline falls to chance and the gain looks larger than it is. Capping k at the size of a class
+    keeps the vote among images that could all be of the query's class; the same k is then used
+    for the random-init baseline, so the two are compared alike."""
+    if requested is not None:
+        return int(requested)
+    known = labels[labels >= 0]
+    classes = int(torch.unique(known).numel())
+    if classes == 0:
+        return MAX_K
+    return max(1, min(MAX_K, int(known.numel()) // classes))
+
+
 Merge = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 
 

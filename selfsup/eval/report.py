@@ -36,7 +36,7 @@ from .knn import extract_features
 # Columns of `selfsup compare`: (key, header); values that are fractions print as percentages.
 COMPARE_COLUMNS = [
     ("run", "run"), ("method", "method"), ("backbone", "backbone"), ("data", "data"), ("epochs", "epochs"),
-    ("batch_size", "batch"), ("knn_last", "kNN last"), ("knn_best", "kNN best"), ("knn_random", "kNN random-init"),
+    ("batch_size", "batch"), ("knn_k", "kNN k"), ("knn_last", "kNN last"), ("knn_best", "kNN best"), ("knn_random", "kNN random-init"),
     ("linear", "linear"), ("linear_random", "linear random-init"), ("finetune", "fine-tune"),
     ("wall_time_s", "time (s)"),
 ]
@@ -89,6 +89,7 @@ def run_row(run: dict[str, Any]) -> dict[str, Any]:
         "knn_last": summary.get("knn_top1", knn[-1]["knn_top1"] if knn else None),
         "knn_best": summary.get("best_knn_top1", max((r["knn_top1"] for r in knn), default=None)),
         "knn_random": summary.get("knn_random_top1", random[0]["knn_top1"] if random else None),
+        "knn_k": summary.get("knn_k", config.get("knn_k")),
         "linear": None, "linear_random": None, "finetune": None,
         "wall_time_s": summary.get("wall_time_s"),
     }
@@ -315,13 +316,16 @@ def _probe_rows(run: dict[str, Any]) -> list[list[Any]]:
     summary = run["summary"]
     rows = []
     if summary.get("knn_top1") is not None:
-        rows.append(["kNN during training", summary.get("data"), "all", _pct(summary.get("knn_top1")),
+        k = summary.get("knn_k", 200)  # runs from before the k rule used 200
+        rows.append(["kNN during training", summary.get("knn_queries") or summary.get("data"),
+                     summary.get("knn_bank") or "all", _pct(summary.get("knn_top1")),
                      _pct(summary.get("knn_top5")), _pct(summary.get("knn_random_top1")),
-                     f"best during training {_pct(summary.get('best_knn_top1'))}"])
+                     f"k={k}, best during training {_pct(summary.get('best_knn_top1'))}"])
     for record in run["evals"]:
         learned, random = record.get("learned") or {}, record.get("random") or {}
         settings = ", ".join(f"{k}={v}" for k, v in record.get("settings", {}).items())
-        rows.append([record.get("probe"), record.get("data"), record.get("train_images", "-"), _pct(learned.get("top1")),
+        rows.append([record.get("probe"), record.get("queries") or record.get("data"),
+                     record.get("bank") or record.get("train_images", "-"), _pct(learned.get("top1")),
                      _pct(learned.get("top5")), _pct(random.get("top1")) if random else "-", settings])
     return rows
 
@@ -416,7 +420,8 @@ def write_report(
         if key in summary:
             facts.append([key, summary[key]])
     probes = _probe_rows(run)
-    header = ["probe", "data", "labelled images", "top-1", "top-5", "random-init top-1", "settings"]
+    baseline = "initial backbone" if config.get("init") else "random-init"
+    header = ["probe", "scored on", "bank / trained on", "top-1", "top-5", f"{baseline} top-1", "settings"]
     probe_html = _table(probes, header) if probes else \
         "<p class=note>No probe results yet: run <code>selfsup eval knn|linear|finetune RUN</code>.</p>"
     parts = [

@@ -1,0 +1,127 @@
+"""Which images a probe searches (the bank, or the probe's training set) and which it scores (the
+queries), for training-time kNN monitoring and for ``selfsup eval``.
+
+The rule is the same everywhere: the queries are images the bank does not hold. A built-in or a
+file with a test split of its own uses it; a folder in the ImageFolder layout its ``val/`` or
+``test/``; any other labelled source its fixed held-out fraction (:mod:`selfsup.data.splits`),
+which is also kept out of pretraining. Separate evaluation data (``--val-data``, ``--test-data``)
+is used whole, and images it shares with the bank (same file) leave the bank. Probing the bank's
+own images (a self-probe, optimistic) happens only when asked for, by naming the same source for
+both with nothing held out, and is announced with a warning.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import torch
+
+from ..data import ImageSet, load_dataset
+from ..data.packed import packed_splits
+from ..data.splits import split_layout
+from ..errors import DataError
+
+
+def same_source(a: str | None, b: str | None) -> bool:
+    """Whether two ``--data`` values name the same source (paths compared after resolving)."""
+    if a is None or b is None:
+        return False
+    pa, pb = Path(a).expanduser(), Path(b).expanduser()
+    if pa.exists() and pb.exists():
+        return os.path.realpath(pa) == os.path.realpath(pb)
+    return a == b
+
+
+def has_own_split(source: str) -> bool:
+    """Whether ``source`` has a held-out split of its own (built-ins, a test split in a .npz, the
+    ImageFolder layout); otherwise it needs a held-out fraction."""
+    path = Path(source).expanduser()
+    if not path.exists():
+        return True  # a built-in name (load_dataset reports any other)
+    if path.is_dir():
+        return split_layout(path) is not None
+    if path.suffix == ".npz":
+        import numpy as np
+
+        from ..data.arrays import raw_layout
+
+        splits = packed_splits(path)
+        if not splits:
+            with np.load(path, allow_pickle=False) as archive:
+                splits = raw_layout(list(archive.files)) or []
+        return bool({"test", "val"} & set(splits))
+    return False
+
+
+def training_val_fraction(data: str, val_data: str | None, val_fraction: float) -> float | None:
+    """The held-out fraction the training source is split with: none when separate evaluation
+    data is given (the whole source trains) or the source has its own test split."""
+    if val_data is not None and not same_source(val_data, data):
+        return None
+    return val_fraction or None
+
+
+def _warn(message: str) -> None:
+    print(f"selfsup: {message}", file=sys.stderr)
+
+
+def separate_bank(bank: ImageSet, queries: ImageSet, self_probe: bool) -> ImageSet:
+    """``bank`` without the files that are also queries (compared by resolved path), unless the
+    caller asked for a self-probe. Sets without file paths (arrays, built-ins) are left as they are."""
+    if self_probe or not bank.paths or not queries.paths:
+        return bank
+    asked = {os.path.realpath(p) for p in queries.paths}
+    shared = torch.tensor([os.path.realpath(p) in asked for p in bank.paths], dtype=torch.bool)
+    if not bool(shared.any()):
+        return bank
+    if bool(shared.all()):
+        raise DataError(
+            f"every image of the bank ({bank.describe()}) is also a query ({queries.describe()}); a probe needs "
+            "images to search that it is not scored on. Give other evaluation data, or a held-out fraction."
+        )
+    _warn(f"{int(shared.sum())} image(s) of {bank.origin or bank.name} are also queries; "
+          "they are left out of the bank, so no query finds itself.")
+    kept = bank.subset(torch.nonzero(~shared).flatten())
+    kept.origin = f"{bank.origin or bank.name}, without the query images"
+    return kept
+
+
+def probe_datasets(
+    data: str,
+    test_data: str | None,
+    val_fraction: float | None,
+    *,
+    data_dir: str | None = None,
+    image_size: int | None = None,
+    seed: int = 0,
+    train_subset: int | None = None,
+    test_subset: int | None = None,
+    explicit_test: bool = False,
+    bank: ImageSet | None = None,
+) -> tuple[ImageSet, ImageSet]:
+    """(bank, queries) for a probe of ``data`` scored on ``test_data`` (None: ``data``'s held-out
+    images). ``explicit_test``: the user named ``test_data`` (a self-probe is then allowed, with a
+    warning). ``bank``: the training set already loaded from ``data`` (the trainer's)."""
+    common = dict(data_dir=data_dir, image_size=image_size, seed=seed)
+    query_source = test_data or data
+    separate = not same_source(query_source, data)
+    split_by = None if separate else (val_fraction or None)
+    self_probe = not separate and not split_by and not has_own_split(data)
+    if self_probe and not explicit_test:
+        raise DataError(
+            f"'{data}' has no images held out from the bank (val_fraction 0 and no split of its own). Give separate "
+            "labelled evaluation data (--val-data for training, --test-data for `selfsup eval`), or a val_fraction "
+            "> 0; to score the bank's own images anyway, name the same source as --test-data."
+        )
+    if bank is None:
+        bank = load_dataset(data, "train", limit=train_subset, val_fraction=split_by, **common)
+    queries = load_dataset(query_source, "test", limit=test_subset, val_fraction=split_by, **common)
+    if not bank.labelled or not queries.labelled:
+        which = data if not bank.labelled else query_source
+        raise DataError(f"'{which}' has no labels to evaluate with; give a labelled source (class subfolders or labels).")
+    if self_probe:
+        _warn(f"self-probe: the queries are the bank's own images ({bank.describe()}); each finds itself, so the "
+              "accuracy is optimistic. Hold images out (val_fraction) or give separate evaluation data for an honest figure.")
+    return separate_bank(bank, queries, self_probe), queries
