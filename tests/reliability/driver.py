@@ -1,11 +1,15 @@
 """``python driver.py ARGS``: ``selfsup ARGS`` in a real process, with faults injected as the JSON
 in ``$SELFSUP_FAULTS`` asks (the tests' only way in; selfsup itself has no test hooks):
 
-- ``{"nonfinite_at_step": N, "value": "nan"|"inf"}``: the SimCLR loss of the N-th training step
-  this process runs (0-based) is multiplied by NaN or has Inf added, before backward;
+- ``{"nonfinite_at_step": N, "value": "nan"|"inf"}``: the SimCLR loss of training step N (0-based;
+  the step the engine sets in ``method.progress`` before each step, so the estimate's probe steps
+  before training do not count) is multiplied by NaN or has Inf added, before backward;
 - ``{"pause_before_rename": K, "suffix": ".pt"|".sha256"}``: when the K-th file of a checkpoint
   with that suffix (1-based, in this process) is complete on disk under its temporary name, print
-  ``FAULT paused <tmp> -> <final>`` to stderr and sleep, so the test can kill the process there.
+  ``FAULT paused <tmp> -> <final>`` to stderr and sleep, so the test can kill the process there;
+- ``{"block_at_step": N, "seconds": S}``: training step N spends S seconds inside one C++ call that
+  holds no GIL and is not interrupted by signals (``torch.futures.Future.wait``), as a long
+  convolution on a large batch does; ``FAULT blocking`` is printed to stderr when it starts.
 """
 
 from __future__ import annotations
@@ -23,16 +27,34 @@ def main() -> int:
 
         real_forward = SimCLR.forward
         target, value = int(faults["nonfinite_at_step"]), faults.get("value", "nan")
-        calls = {"n": 0}
 
         def forward(self, views, index=None):  # noqa: ANN001, ANN202
             out = real_forward(self, views, index)
-            if calls["n"] == target:
+            if self.progress.step == target:
                 out["loss"] = out["loss"] * float("nan") if value == "nan" else out["loss"] + float("inf")
-            calls["n"] += 1
             return out
 
         SimCLR.forward = forward
+    if "block_at_step" in faults:
+        import threading
+
+        import torch
+
+        from selfsup.methods.simclr import SimCLR
+
+        slow_forward = SimCLR.forward
+        block_at, seconds = int(faults["block_at_step"]), float(faults.get("seconds", 12))
+
+        def blocking_forward(self, views, index=None):  # noqa: ANN001, ANN202
+            if self.progress.step == block_at and self.training:
+                done = torch.futures.Future()
+                threading.Timer(seconds, lambda: done.set_result(None)).start()
+                print("FAULT blocking", file=sys.stderr, flush=True)
+                done.wait()
+                print("FAULT unblocked", file=sys.stderr, flush=True)
+            return slow_forward(self, views, index)
+
+        SimCLR.forward = blocking_forward
     if "pause_before_rename" in faults:
         real_replace = os.replace
         target, suffix = int(faults["pause_before_rename"]), faults.get("suffix", ".pt")
