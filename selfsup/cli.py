@@ -20,7 +20,8 @@ examples:
   selfsup train                                   # SimCLR on the built-in digits (~2 min on a CPU)
   selfsup train --data cifar10 --epochs 200       # SimCLR, ResNet-18, CIFAR-10
   selfsup train --config simclr_cifar10 lr=0.4 method.temperature=0.2
-  selfsup train --data ~/photos --image-size 96   # your own folder of images (labels optional)
+  selfsup train --data ~/photos                   # your own folder: settings fit to this machine, an estimate first
+  selfsup train --data ~/photos --init torchvision:resnet50.IMAGENET1K_V2   # continue from pretrained weights
   selfsup train --name myrun --resume             # continue a run from its last checkpoint
   selfsup train --config simclr_imagenet --devices 8   # the 8 GPUs of this machine (torchrun)
   torchrun --nproc-per-node 8 -m selfsup train --config simclr_imagenet   # the same; several machines: docs/distributed.md
@@ -42,9 +43,15 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data", help="digits | cifar10 | cifar100 | a folder of images | a packed .npz; default digits")
     p.add_argument("--data-dir", help="folder searched first for built-in datasets")
     p.add_argument("--val-data", help="labelled folder for kNN monitoring of a folder source")
-    p.add_argument("--backbone", help="backbone name (resnet18, resnet50, tiny, vit_small, ...)")
+    p.add_argument("--val-fraction", type=float,
+                   help="share of each class of a labelled folder held out for monitoring and probes (default 0.1)")
+    p.add_argument("--backbone", help="backbone name (resnet18, resnet50, tiny, vit_small, ...; default: fits the machine)")
+    p.add_argument(
+        "--init", help="continue from pretrained backbone weights: a torchvision/timm state dict (.pth, .safetensors), "
+        "a `selfsup export`, a run, or torchvision:resnet50.IMAGENET1K_V2 / timm:<model>",
+    )
     p.add_argument("--epochs", type=int)
-    p.add_argument("--batch-size", type=int, help="global batch size")
+    p.add_argument("--batch-size", type=int, help="global batch size (default: fits the machine and the data)")
     p.add_argument("--lr", type=float, help="base learning rate per 256 images")
     p.add_argument("--image-size", type=int, help="stored side of folder images (default 64)")
     p.add_argument("--device", help="auto | cpu | cuda | cuda:N")
@@ -71,6 +78,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             return distributed.launch(args.devices, without_option(args.argv, "--devices"))
     values = {
         "method": args.method, "data": args.data, "data_dir": args.data_dir, "val_data": args.val_data,
+        "val_fraction": args.val_fraction, "init": args.init,
         "backbone": args.backbone, "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr,
         "image_size": args.image_size, "device": args.device, "name": args.name, "run_dir": args.run_dir,
         "seed": args.seed,

@@ -9,6 +9,7 @@ from typing import Any
 import torch
 
 from ..config import from_dict
+from ..errors import ConfigError
 from ..data import ImageSet
 from ..eval import extract_features, knn_accuracy, linear_probe
 from ..eval.finetune import finetune, low_label_subset
@@ -17,14 +18,16 @@ from ..methods import Method
 from . import checkpoint as ckpt
 from .config import TrainConfig
 from .heldout import probe_datasets
+from .init import apply_init
 from .trainer import autocast_dtype, build_method, build_recipe, pick_device
 
 
 def load_method(path_or_run: str | Path, device: str | torch.device = "cpu", random_init: bool = False) -> tuple[Method, TrainConfig, int]:
     """Rebuild a run's method from a checkpoint (or a run directory's newest checkpoint).
 
-    With ``random_init`` the weights are left as initialized from the run's seed: the baseline
-    every probe is compared against.
+    With ``random_init`` the weights are left as initialized from the run's seed (or, for a run
+    that started from ``init`` weights, as that initial backbone): the baseline every probe is
+    compared against, so the gain is what the run's training added.
     """
     path = ckpt.resolve_checkpoint(path_or_run)
     state = ckpt.load_checkpoint(path, map_location="cpu")
@@ -35,6 +38,12 @@ def load_method(path_or_run: str | Path, device: str | torch.device = "cpu", ran
     method = build_method(config, image_size)
     if not random_init:
         method.load_state_dict(state["model"])
+    elif config.init:
+        try:
+            apply_init(method, config.init)
+        except ConfigError as exc:
+            raise ConfigError(f"{exc}\nThe baseline of this run is its initial backbone ({config.init}); "
+                              "give the file again, or skip the baseline with --no-baseline.") from None
     return method.to(pick_device(str(device))).eval(), config, image_size
 
 

@@ -16,7 +16,6 @@ import os
 import random
 import signal
 import sys
-import threading
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -37,8 +36,11 @@ from ..nn import all_reduce_mean, create_backbone, ema_update, get_rank, get_wor
 from . import checkpoint as ckpt
 from . import distributed
 from .config import TrainConfig
+from .estimate import estimate_run, fit_defaults
 from .heldout import probe_datasets, training_val_fraction
+from .init import apply_init, init_note
 from .lock import RunLock
+from .signals import StopSignals
 from .logger import MetricsLogger
 from .logger import Progress as ProgressBar
 from .optim import apply_schedule, build_optimizer, cosine_schedule, scaled_lr
@@ -218,11 +220,16 @@ class Trainer:
     """Build everything from a :class:`TrainConfig` and run the loop (``fit``)."""
 
     def __init__(self, config: TrainConfig, resume: bool = False) -> None:
+        config, defaults_note = fit_defaults(config)  # backbone, image size, batch: the machine's where unset
         self.config = config = config.resolve()
         # Under torchrun: join the process group; each process takes the GPU of its local rank.
         self.device = distributed.setup(pick_device(config.device))
         self.rank, self.world_size = get_rank(), get_world_size()
         self.is_main = self.rank == 0
+        if self.is_main:
+            for line in (defaults_note, init_note(config.init) if config.init else None):
+                if line:
+                    print(line, file=sys.stderr)
         self.amp_dtype = autocast_dtype(config.precision, self.device)
         if config.deterministic:
             torch.use_deterministic_algorithms(True, warn_only=True)
@@ -245,6 +252,7 @@ class Trainer:
         self.eval_sets = load_eval_sets(config, self.train_set) if (config.eval_every is not None) else None
 
         self.method = build_method(config, self.image_size).to(self.device)
+        apply_init(self.method, config.init)  # continued pretraining: the backbone (and its EMA targets) from init
         self.method.bind_dataset(len(self.train_set))  # per-sample memories, sized before any restore
         # BN over the global batch where the method's paper uses it (or the config says so); the
         # other BN layers normalize per process and their running statistics are averaged.
@@ -525,7 +533,7 @@ class Trainer:
         """Train to the end and return the summary. SIGINT/SIGTERM save a checkpoint after the
         current step and raise :class:`TrainingInterrupted`; the run directory is released
         whatever happens."""
-        handlers = self._catch_stop_signals()
+        self._catch_stop_signals()
         try:
             return self._fit()
         except RuntimeError as exc:  # torch.OutOfMemoryError (CUDA) or the CPU allocator's error
@@ -554,33 +562,17 @@ class Trainer:
                 "Free disk space, then continue with --resume."
             ) from None
         finally:
-            for signum, handler in handlers.items():
-                signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
+            self._signals.restore()
             self.close()
 
-    def _catch_stop_signals(self) -> dict[int, Any]:
+    def _catch_stop_signals(self) -> None:
         """Ctrl-C or SIGTERM (a cluster's pre-emption) asks the loop to save a checkpoint after
-        the current step and stop; a second one stops at once (the last checkpoint stays)."""
-        self._stop_signal: int | None = None
-        self._stop_time = 0.0
-        if threading.current_thread() is not threading.main_thread():
-            return {}
-        previous = {}
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            try:
-                previous[signum] = signal.signal(signum, self._on_stop_signal)
-            except (ValueError, OSError):
-                pass
-        return previous
+        the current step and stop; a second one stops the process at once, even mid-step (the
+        last checkpoint stays; see :mod:`selfsup.engine.signals`)."""
+        self._signals = StopSignals(self.world_size, self.is_main, self._on_stop_signal, self._last_checkpoint)
+        self._signals.install()
 
-    def _on_stop_signal(self, signum: int, frame: Any) -> None:
-        if self._stop_signal is not None:
-            # torchrun passes on the signal it received, which the terminal may already have sent
-            # to the workers: the same signal again at once is that copy, not a second request.
-            if self.world_size > 1 and signum == self._stop_signal and time.monotonic() - self._stop_time < 5.0:
-                return
-            raise KeyboardInterrupt
-        self._stop_signal, self._stop_time = signum, time.monotonic()
+    def _on_stop_signal(self, signum: int) -> None:
         if not self.is_main:
             return
         os.write(2, (
@@ -588,25 +580,29 @@ class Trainer:
             "(send it again to stop at once).\n"
         ).encode())
 
+    def _last_checkpoint(self) -> str | None:
+        found = ckpt.list_checkpoints(self.run_dir)
+        return str(found[0]) if found else None
+
     def _stop_requested(self) -> bool:
         """Whether to stop for a signal after this step. Processes may receive a signal at
         different steps; on several processes the ranks agree every :data:`STOP_SYNC_STEPS` steps
         (one small all-reduce), so that all stop after the same step and rank 0's checkpoint is
         the state of every rank."""
         if self.world_size == 1:
-            return self._stop_signal is not None
+            return self._signals.signum is not None
         if self.state.step % STOP_SYNC_STEPS:
             return False
-        signum = distributed.max_over_ranks(self._stop_signal or 0, self.device)
-        if signum and self._stop_signal is None:
-            self._stop_signal, self._stop_time = signum, time.monotonic()
+        signum = distributed.max_over_ranks(self._signals.signum or 0, self.device)
+        if signum and self._signals.signum is None:
+            self._signals.signum, self._signals.time = signum, time.monotonic()
         return bool(signum)
 
     def _stop_for_signal(self, pending: tuple[int, torch.Tensor] | None) -> None:
         if pending is not None:
             self._check_finite(*pending)
         path = self.save_checkpoint() or ckpt.checkpoint_path(self.run_dir, self.state.step)
-        signum = int(self._stop_signal or signal.SIGINT)
+        signum = int(self._signals.signum or signal.SIGINT)
         raise TrainingInterrupted(
             f"stopped by {signal.Signals(signum).name} at step {self.state.step} (epoch {self.state.epoch}); "
             f"checkpoint saved: {path}. Continue with: selfsup train --run-dir {self.config.run_dir} "
@@ -616,6 +612,7 @@ class Trainer:
 
     def _fit(self) -> dict[str, Any]:
         config, state = self.config, self.state
+        estimate_run(self)  # refuses a step that cannot fit in memory; prints the time it will take
         start_time = time.time()
         if state.step == 0 and state.knn_random is None:
             result = self.knn()
@@ -747,6 +744,7 @@ class Trainer:
             "wall_time_s": round(wall_time, 2),
             "images_per_s": round(steps_run * self.config.batch_size / max(wall_time, 1e-9), 1),
             "device": str(self.device),
+            "init": self.config.init,
             "checkpoint": str(path) if path else None,
             "skipped_steps": state.extra.get("skipped_steps", 0),
         }

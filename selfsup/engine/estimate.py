@@ -1,0 +1,485 @@
+"""Fit a run to the machine before it starts, and say how long it will take.
+
+Two things happen before the first optimizer step:
+
+1. **Defaults that fit the machine** (:func:`fit_defaults`). When the config leaves ``backbone``,
+   ``image_size`` or ``batch_size`` unset, they are chosen from the device, the number of training
+   images and the memory available, and one line says what was chosen, why, and how to override
+   it. A value the config sets is used exactly as set. The rules:
+
+   - backbone: the ``init`` weights' architecture when given; otherwise ResNet-18 on a GPU and the
+     tiny convnet on a CPU (a ResNet-18 step on 64 px images takes tens of seconds on a few CPU
+     cores, so a first run would show nothing for minutes);
+   - image size: 64 px for a folder (built-in and array sources keep the size they have);
+   - batch: the largest power of two up to 256 on a GPU or 64 on a CPU that leaves at least four
+     steps per epoch and whose predicted memory (below) stays within half of what is available.
+
+2. **An estimate and a memory check** (:func:`estimate_run`). The memory a step needs is predicted
+   from two small probe steps (forward and backward at 1/16 and 1/8 of the batch, say): the bytes
+   autograd keeps for the backward pass (counted with ``saved_tensors_hooks``) grow linearly with
+   the batch, plus the gradients and optimizer state of the parameters. If the prediction exceeds
+   the memory available, the run stops before allocating it, naming a batch that fits. Otherwise
+   one warm-up step at the full batch (augmentation, forward, backward) is timed and its peak memory
+   measured, and one line gives seconds per step, time per epoch, the total and the peak memory.
+
+The probes and the warm-up step leave the run exactly as it was: they take no optimizer step, and
+the normalization statistics and random-number states they touch are restored, so a run (and its
+resume) is bit-for-bit what it would be without them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import sys
+import time
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+from torch import nn
+
+from ..errors import ConfigError, SelfsupError
+
+# Free memory a run may plan to use: the chosen defaults stay within half of it (the machine may be
+# shared, and the prediction is a model); an explicit setting is refused above 90%.
+DEFAULT_SHARE = 0.5
+REFUSE_SHARE = 0.9
+CPU_BATCH_CAP, GPU_BATCH_CAP = 64, 256
+MIN_STEPS_PER_EPOCH = 4
+# Batches of the two probe steps, tried in order until the method takes them.
+PROBE_SIZES = ((2, 4), (16, 32), (64, 128))
+# Bytes a step holds beyond what autograd saves for the backward pass (the gradient flowing back
+# through the largest activations, the augmentation's intermediates), as a share of the saved bytes.
+TRANSIENT_FACTOR = 1.25
+# What the first full step allocates once on a CPU besides tensors (intra-op thread pools, oneDNN
+# primitives and workspaces): 0.1-0.25 GiB measured with ResNet-18 and the tiny net.
+CPU_RUNTIME_BYTES = 256 << 20
+
+
+# -- memory of the machine and of this process -----------------------------------------------------
+def free_memory(device: torch.device) -> int | None:
+    """Bytes available for new tensors on ``device`` (None when unknown)."""
+    try:
+        if device.type == "cuda":
+            return int(torch.cuda.mem_get_info(device)[0])
+        if device.type == "cpu":
+            with open("/proc/meminfo") as handle:
+                for line in handle:
+                    if line.startswith("MemAvailable:"):
+                        return int(line.split()[1]) * 1024
+            return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+    except (OSError, ValueError, AttributeError, RuntimeError):
+        pass
+    return None
+
+
+def _proc_status(field: str) -> int | None:
+    try:
+        with open("/proc/self/status") as handle:
+            for line in handle:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError):
+        pass
+    return None
+
+
+def _reset_peak(device: torch.device) -> bool:
+    """Start measuring this process's peak memory afresh (False where that is not possible)."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        return True
+    try:  # Linux: writing 5 resets the peak resident set size (VmHWM) to the current one
+        with open("/proc/self/clear_refs", "w") as handle:
+            handle.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def _in_use(device: torch.device) -> int | None:
+    if device.type == "cuda":
+        return int(torch.cuda.memory_allocated(device))
+    return _proc_status("VmRSS")
+
+
+def _peak(device: torch.device) -> int | None:
+    if device.type == "cuda":
+        return int(torch.cuda.max_memory_allocated(device))
+    return _proc_status("VmHWM")
+
+
+def gib(value: float) -> str:
+    return f"{value / 2**30:.1f} GiB" if value >= 2**30 / 10 else f"{value / 2**20:.0f} MiB"
+
+
+def duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s" if seconds >= 10 else f"{seconds:.1f} s"
+    if seconds < 90 * 60:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+# -- probe steps that leave the method as it was -----------------------------------------------
+@contextmanager
+def preserved(method: nn.Module, device: torch.device) -> Iterator[None]:
+    """Run probe steps on ``method`` and put back what a forward/backward pass changes: the buffers
+    of normalization layers (running statistics), the RNG states and the gradients. Queues and
+    memory banks change only in ``after_optimizer_step`` (the method contract), never here."""
+    stats = {
+        (id(m), name): buf.detach().clone()
+        for m in method.modules() if hasattr(m, "running_mean")
+        for name, buf in m.named_buffers(recurse=False) if buf is not None
+    }
+    modules = {id(m): m for m in method.modules()}
+    rng = torch.get_rng_state()
+    cuda_rng = torch.cuda.get_rng_state(device) if device.type == "cuda" else None
+    was_training = method.training
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for (module_id, name), value in stats.items():
+                getattr(modules[module_id], name).copy_(value)
+        torch.set_rng_state(rng)
+        if cuda_rng is not None:
+            torch.cuda.set_rng_state(cuda_rng, device)
+        for p in method.parameters():
+            p.grad = None
+        method.train(was_training)
+
+
+def _probe_batch(method: nn.Module, recipe: Any, batch: int, image_size: int, channels: int, device: torch.device,
+                 seed: int = 0) -> tuple[list[torch.Tensor], torch.Tensor]:
+    generator = torch.Generator(device=device).manual_seed(seed)
+    images = torch.randint(0, 256, (batch, image_size, image_size, channels), dtype=torch.uint8, device=device,
+                           generator=generator)
+    views = recipe(images, generator)
+    return views, torch.arange(batch, device=device)
+
+
+def _forward_backward(method: Any, views: list[torch.Tensor], index: torch.Tensor, amp: torch.dtype | None,
+                      device: torch.device) -> None:
+    context = torch.autocast(device.type, dtype=amp) if amp else nullcontext()
+    with context:
+        out = method(views, index if getattr(method, "needs_index", False) else None)
+    out["loss"].backward()
+
+
+def saved_bytes(method: Any, recipe: Any, batch: int, image_size: int, channels: int, device: torch.device,
+                amp: torch.dtype | None = None) -> int:
+    """Bytes autograd keeps for the backward pass of one step at ``batch`` (each storage once; the
+    parameters, which exist anyway, not counted), with the views themselves."""
+    params = {p.untyped_storage().data_ptr() for p in method.parameters()}
+    kept: dict[int, int] = {}
+
+    def pack(tensor: torch.Tensor) -> torch.Tensor:
+        storage = tensor.untyped_storage()
+        if storage.data_ptr() not in params:
+            kept[storage.data_ptr()] = storage.nbytes()
+        return tensor
+
+    views, index = _probe_batch(method, recipe, batch, image_size, channels, device)
+    for view in views:
+        kept[view.untyped_storage().data_ptr()] = view.untyped_storage().nbytes()
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        _forward_backward(method, views, index, amp, device)
+    return sum(kept.values())
+
+
+class ProbeError(RuntimeError):
+    """No probe step ran (the method refused every small batch): no memory prediction."""
+
+
+@dataclass
+class MemoryModel:
+    """New bytes one step allocates at batch ``B`` (per process): ``fixed + per_image * B``."""
+
+    fixed: float
+    per_image: float
+
+    def new_bytes(self, batch: int) -> int:
+        return int(self.fixed + self.per_image * batch)
+
+
+def optimizer_slots(optimizer: str | None, momentum: float = 0.9) -> int:
+    """Tensors the optimizer keeps per parameter: AdamW two, SGD/LARS one (momentum)."""
+    return 2 if optimizer == "adamw" else (1 if momentum else 0)
+
+
+def memory_model(method: Any, recipe: Any, batch: int, image_size: int, channels: int, device: torch.device,
+                 amp: torch.dtype | None = None, slots: int = 1) -> MemoryModel:
+    """Fit :class:`MemoryModel` from probe steps at two small batches (the smallest pair the method
+    takes: MoCo's shuffled BN, say, needs at least two images per sub-batch)."""
+    failure: Exception | None = None
+    for sizes in PROBE_SIZES:
+        try:
+            with preserved(method, device):
+                method.train()
+                first, second = (saved_bytes(method, recipe, b, image_size, channels, device, amp) for b in sizes)
+            break
+        except Exception as exc:  # noqa: BLE001 - the method's own check of its batch; try larger probes
+            failure = exc
+    else:
+        raise ProbeError(f"no probe batch of {[s[1] for s in PROBE_SIZES]} images runs: {failure}")
+    slope = max(0.0, (second - first) / (sizes[1] - sizes[0]))
+    intercept = max(0.0, first - slope * sizes[0])
+    params = sum(p.numel() * p.element_size() for p in method.parameters() if p.requires_grad)
+    runtime = CPU_RUNTIME_BYTES if device.type == "cpu" else 0
+    return MemoryModel(fixed=runtime + params * (1 + slots) + intercept * TRANSIENT_FACTOR, per_image=slope * TRANSIENT_FACTOR)
+
+
+# -- 1. defaults that fit the machine ----------------------------------------------------------
+def count_images(data: str, val_fraction: float | None) -> int | None:
+    """Training images of a source, without decoding any (None when unknown)."""
+    from ..data.folder import scan_folder
+    from ..data.splits import split_layout
+
+    sizes = {"cifar10": 50_000, "cifar100": 50_000}
+    if data in sizes:
+        return sizes[data]
+    path = Path(data).expanduser()
+    count = None
+    try:
+        if path.is_dir():
+            layout = split_layout(path)
+            count = len(scan_folder(layout["train"] if layout else path)[0])
+            if layout is None and val_fraction:
+                count = int(count * (1 - val_fraction))
+        elif path.suffix == ".npz" and path.is_file():
+            count = _npz_rows(path)
+            if count is not None and val_fraction:
+                count = int(count * (1 - val_fraction))
+    except (OSError, SelfsupError, ValueError):
+        return None
+    return count
+
+
+def _npz_shape(path: Path, keys: tuple[str, ...]) -> tuple[int, ...] | None:
+    """Shape of the first of ``keys`` in a .npz, read from the array header only."""
+    import zipfile
+
+    import numpy as np
+
+    with zipfile.ZipFile(path) as archive:
+        names = set(archive.namelist())
+        for key in keys:
+            if f"{key}.npy" in names:
+                with archive.open(f"{key}.npy") as handle:
+                    version = np.lib.format.read_magic(handle)
+                    header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+                    return tuple(int(n) for n in header(handle)[0])
+    return None
+
+
+def _npz_rows(path: Path) -> int | None:
+    shape = _npz_shape(path, ("train_labels", "train_images", "images"))
+    return shape[0] if shape else None
+
+
+def _native_side(data: str) -> int:
+    """The stored side of a source's images where the config does not set one (raw arrays: from
+    the header; otherwise a conservative 64)."""
+    if data in ("cifar10", "cifar100"):
+        return 32
+    path = Path(data).expanduser()
+    if path.suffix == ".npz" and path.is_file():
+        try:
+            shape = _npz_shape(path, ("train_images", "images"))
+        except (OSError, ValueError):
+            shape = None
+        if shape and len(shape) >= 3:
+            return min(shape[1:3]) if shape[-1] in (1, 3) or len(shape) == 3 else min(shape[2:4])
+    return 64
+
+
+def _pow2_floor(value: int) -> int:
+    return 1 << max(0, int(math.floor(math.log2(max(1, value)))))
+
+
+def fit_defaults(config: Any) -> tuple[Any, str | None]:
+    """(``config`` with ``backbone``/``image_size``/``batch_size`` chosen where unset, the line that
+    says what was chosen and why; None when everything was set or the data source has its own
+    defaults). An ``init`` also fills the backbone and its arguments from the weights."""
+    from .config import SOURCE_DEFAULTS
+    from .init import init_architecture
+    from .trainer import pick_device
+
+    if config.init:
+        backbone, args = init_architecture(config.backbone, config.backbone_args, config.init)
+        chosen_backbone = config.backbone is None
+        config = dataclasses.replace(config, backbone=backbone, backbone_args=args)
+    else:
+        chosen_backbone = False
+    if config.data in SOURCE_DEFAULTS:
+        return config, None
+    unset = [name for name in ("backbone", "image_size", "batch_size") if getattr(config, name) is None]
+    if not unset:
+        return config, None
+    device = pick_device(config.device)
+    is_folder = Path(config.data).expanduser().is_dir()
+    from .heldout import training_val_fraction
+
+    count = count_images(config.data, training_val_fraction(config.data, config.val_data, config.val_fraction))
+    from . import distributed
+
+    # Several processes each decide alone: only what every rank sees alike (not their free memory).
+    available = free_memory(device) if distributed.requested_world_size() == 1 else None
+    values: dict[str, Any] = {}
+    reasons = []
+    if config.backbone is None:
+        values["backbone"] = "resnet18" if device.type == "cuda" else "tiny"
+        reasons.append("a GPU" if device.type == "cuda" else
+                       f"a CPU ({os.cpu_count()} cores), where a ResNet-18 step would take tens of seconds")
+    elif chosen_backbone:
+        reasons.append(f"the init weights ({config.backbone})")
+    if config.image_size is None and is_folder:
+        values["image_size"] = 64
+    if config.batch_size is None:
+        cap = GPU_BATCH_CAP if device.type == "cuda" else CPU_BATCH_CAP
+        batch = cap
+        if count:
+            batch = min(batch, max(2, _pow2_floor(count // MIN_STEPS_PER_EPOCH)))
+            reasons.append(f"{count} training images (at least {MIN_STEPS_PER_EPOCH} steps per epoch)")
+        trial = dataclasses.replace(config, **values, batch_size=batch)
+        if available is not None:
+            batch = _fit_batch(trial, batch, available * DEFAULT_SHARE, count, device)
+            reasons.append(f"{gib(available)} of memory available")
+        values["batch_size"] = batch
+    config = dataclasses.replace(config, **values)
+    chosen = ", ".join(f"{k.replace('_size', ' size')} {v}" for k, v in values.items())
+    if not chosen and not chosen_backbone:
+        return config, None
+    what = chosen + (f"{', ' if chosen else ''}backbone {config.backbone} from --init" if chosen_backbone else "")
+    flags = " / ".join(f"--{k.replace('_', '-')}" for k in list(values) + (["backbone"] if chosen_backbone else []))
+    line = f"selfsup: chose {what} for {'; '.join(reasons) or 'this source'}. Set {flags} to override."
+    return config, line
+
+
+def _fit_batch(config: Any, batch: int, budget: float, count: int | None, device: torch.device) -> int:
+    """The largest power of two up to ``batch`` whose predicted step memory fits ``budget``."""
+    from .trainer import autocast_dtype, build_method, build_recipe
+
+    resolved = config.resolve()
+    size = resolved.image_size or _native_side(resolved.data)
+    method = build_method(resolved, size).to(device)
+    method.bind_dataset(max(count or batch, batch))
+    recipe = build_recipe(resolved, method, size)
+    try:
+        model = memory_model(method, recipe, batch, size, 3, device, autocast_dtype(resolved.precision, device),
+                             optimizer_slots(resolved.optimizer, resolved.momentum))
+    except ProbeError:  # keep the data's choice; the estimate before training measures it
+        return batch
+    data_bytes = (count or 0) * size * size * 3
+    while batch > 2 and model.new_bytes(batch) + data_bytes > budget:
+        batch //= 2
+    return batch
+
+
+# -- 2. the estimate before training -----------------------------------------------------------
+@dataclass
+class Estimate:
+    seconds_per_step: float
+    steps_per_epoch: int
+    steps_left: int
+    peak_bytes: int | None
+    available: int | None
+    eval_seconds: float
+
+    def line(self, batch: int) -> str:
+        total = self.seconds_per_step * self.steps_left
+        per_epoch = self.seconds_per_step * self.steps_per_epoch
+        evals = f" + ~{duration(self.eval_seconds)} of kNN evaluation" if self.eval_seconds >= 1 else ""
+        memory = ""
+        if self.peak_bytes is not None:
+            memory = f"; peak memory {gib(self.peak_bytes)}" + (f" of {gib(self.available)} available" if self.available else "")
+        return (
+            f"selfsup: estimate: {self.seconds_per_step:.2f} s/step (a timed warm-up step of batch {batch}), "
+            f"{self.steps_per_epoch} steps/epoch = {duration(per_epoch)}/epoch; {self.steps_left} steps "
+            f"= ~{duration(total)}{evals} in all{memory}."
+        )
+
+
+def check_memory(model: MemoryModel, batch: int, available: int | None, device: torch.device, what: str) -> None:
+    """Refuse ``batch`` when its predicted new bytes exceed :data:`REFUSE_SHARE` of ``available``,
+    naming the largest power-of-two batch that fits."""
+    if available is None:
+        return
+    need = model.new_bytes(batch)
+    if need <= REFUSE_SHARE * available:
+        return
+    fits = batch
+    while fits > 1 and model.new_bytes(fits) > DEFAULT_SHARE * available:
+        fits = _pow2_floor(fits - 1) if fits & (fits - 1) == 0 else _pow2_floor(fits)
+    hint = (f"batch_size={fits} fits (predicted {gib(model.new_bytes(fits))})" if model.new_bytes(fits) <= REFUSE_SHARE * available
+            else "even a batch of 1 does not fit: use a smaller backbone (--backbone tiny) or image size")
+    raise ConfigError(
+        f"one training step would need about {gib(need)} of memory ({what}, batch {batch}: "
+        f"{gib(model.per_image)} per image + {gib(model.fixed)} for gradients, optimizer state and the rest), more than "
+        f"the {gib(available)} available on {device}. Not starting; {hint}."
+    )
+
+
+def estimate_run(trainer: Any) -> Estimate | None:
+    """Check the memory of one step, then time a warm-up step at the full batch; prints the
+    estimate line (rank 0). Single-process runs only (every rank would have to probe alike)."""
+    if trainer.world_size > 1 or trainer.state.step >= trainer.total_steps:
+        return None
+    config, device, method = trainer.config, trainer.device, trainer.method
+    batch = config.batch_size
+    images = trainer.train_set.images
+    channels = int(images.shape[-1]) if images is not None else 3
+    available = free_memory(device)
+    amp = trainer.amp_dtype
+    what = f"{config.method} / {config.backbone} at {trainer.image_size} px, {trainer.recipe.num_views} views"
+    try:
+        model = memory_model(method, trainer.recipe, batch, trainer.image_size, channels, device, amp,
+                             optimizer_slots(config.optimizer, config.momentum))
+    except ProbeError:  # a method that refuses small batches: no prediction, the warm-up step still measures
+        model = None
+    if model is not None:
+        check_memory(model, batch, available, device, what)
+    _say(f"selfsup: timing one warm-up step (batch {batch}, {what})...", trainer)
+    measured = _reset_peak(device)
+    before = _in_use(device) if device.type == "cuda" else None
+    with preserved(method, device):
+        method.train()
+        start = time.perf_counter()
+        views, index = _probe_batch(method, trainer.recipe, batch, trainer.image_size, channels, device, seed=1)
+        _forward_backward(method, views, index, amp, device)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        seconds = time.perf_counter() - start
+        del views, index
+    peak = _peak(device) if measured else None
+    if peak is not None and device.type == "cuda":
+        peak = max(0, peak - (before or 0)) + int(torch.cuda.memory_allocated(device))
+    elif peak is None and model is not None:
+        peak = (_in_use(device) or 0) + model.new_bytes(batch)
+    left = trainer.total_steps - trainer.state.step
+    estimate = Estimate(seconds, trainer.steps_per_epoch, left, peak, available, _eval_seconds(trainer, seconds, batch))
+    _say(estimate.line(batch), trainer)
+    return estimate
+
+
+def _eval_seconds(trainer: Any, step_seconds: float, batch: int) -> float:
+    """kNN evaluations still to come x their images, at a third of a training step's time per
+    image and view (a forward without the backward, of one view)."""
+    if not trainer.eval_sets or trainer.config.eval_every is None:
+        return 0.0
+    images = sum(len(s) for s in trainer.eval_sets)
+    every = trainer.config.eval_every
+    epochs_left = max(0, trainer.config.epochs - trainer.state.epoch)
+    count = 1 + (epochs_left // every if every else 0) + (1 if trainer.state.step == 0 else 0)
+    per_image = step_seconds / max(1, batch * trainer.recipe.num_views) / 3
+    return count * images * per_image
+
+
+def _say(line: str, trainer: Any) -> None:
+    if trainer.is_main:
+        print(line, file=sys.stderr, flush=True)
