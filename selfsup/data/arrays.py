@@ -65,6 +65,9 @@ def load_raw(
         images = archive[f"{prefix}images"]
         labels = archive[f"{prefix}labels"] if f"{prefix}labels" in files else None
         classes = [str(c) for c in archive["classes"]] if "classes" in files else None
+        # Without names, classes are numbered up to the largest label of any split, so that the
+        # splits of one file agree on them.
+        top = max((int(archive[k].max()) for k in files if k.endswith("labels") and archive[k].size), default=-1)
     images = _as_nhwc(images, path, f"{prefix}images")
     count = len(images)
     if labels is None:
@@ -76,7 +79,7 @@ def load_raw(
     if count and labels.min() < -1:
         raise DataError(f"'{path}': {prefix}labels has values below -1 (-1 marks an unknown label).")
     if classes is None:
-        classes = [str(c) for c in range(int(labels.max()) + 1)] if count and labels.max() >= 0 else []
+        classes = [str(c) for c in range(top + 1)]
     elif count and labels.max() >= len(classes):
         raise DataError(f"'{path}': {prefix}labels has values beyond the {len(classes)} names in classes.")
     chosen = np.arange(count) if indices is None else np.asarray(indices, dtype=np.int64)
