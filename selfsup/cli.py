@@ -18,7 +18,7 @@ from .errors import SelfsupError
 EPILOG_TRAIN = """\
 examples:
   selfsup train                                   # SimCLR on the built-in digits (~2 min on a CPU)
-  selfsup train --data cifar10 --epochs 200       # SimCLR, ResNet-18, CIFAR-10
+  selfsup train --data cifar10 --epochs 200       # SimCLR on CIFAR-10 (ResNet-18 on a GPU, tiny on a CPU)
   selfsup train --config simclr_cifar10 lr=0.4 method.temperature=0.2
   selfsup train --data ~/photos                   # your own folder: settings fit to this machine, an estimate first
   selfsup train --data ~/photos --init torchvision:resnet50.IMAGENET1K_V2   # continue from pretrained weights
@@ -270,6 +270,7 @@ def cmd_pack(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from .data import load_dataset, write_packed
+    from .data.splits import split_layout
     from .errors import DataError
 
     if Path(args.out).suffix != ".npz":  # before decoding anything
@@ -291,8 +292,8 @@ def cmd_pack(args: argparse.Namespace) -> int:
             images = (img.numpy() for img in dataset.images)
         splits[split] = (images, dataset.labels.numpy(), len(dataset))
         classes = classes or dataset.classes
-        if Path(args.source).is_dir():
-            break  # a folder has one split
+        if Path(args.source).is_dir() and split_layout(args.source) is None:
+            break  # a folder has one split (unless it has train/ and val/ or test/)
     total = sum(n for _, _, n in splits.values())
     with tqdm(total=total, unit="img", desc=f"packing {args.source}", file=sys.stderr) as bar:
         out = write_packed(

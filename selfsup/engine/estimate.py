@@ -326,6 +326,8 @@ def fit_defaults(config: Any) -> tuple[Any, str | None]:
     from .heldout import training_val_fraction
 
     count = count_images(config.data, training_val_fraction(config.data, config.val_data, config.val_fraction))
+    if count is not None and config.train_subset:
+        count = min(count, config.train_subset)
     from . import distributed
 
     # Several processes each decide alone: only what every rank sees alike (not their free memory).

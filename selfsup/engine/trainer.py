@@ -40,10 +40,10 @@ from .estimate import estimate_run, fit_defaults
 from .heldout import probe_datasets, training_val_fraction
 from .init import apply_init, init_note
 from .lock import RunLock
-from .signals import StopSignals
 from .logger import MetricsLogger
 from .logger import Progress as ProgressBar
 from .optim import apply_schedule, build_optimizer, cosine_schedule, scaled_lr
+from .signals import StopSignals
 
 
 def pick_device(name: str) -> torch.device:
