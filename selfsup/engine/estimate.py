@@ -155,11 +155,13 @@ def preserved(method: nn.Module, device: torch.device) -> Iterator[None]:
 
 
 def _probe_batch(method: nn.Module, recipe: Any, batch: int, image_size: int, channels: int, device: torch.device,
-                 seed: int = 0) -> tuple[list[torch.Tensor], torch.Tensor]:
+                 seed: int = 0, channels_last: bool = False) -> tuple[list[torch.Tensor], torch.Tensor]:
     generator = torch.Generator(device=device).manual_seed(seed)
     images = torch.randint(0, 256, (batch, image_size, image_size, channels), dtype=torch.uint8, device=device,
                            generator=generator)
     views = recipe(images, generator)
+    if channels_last:  # the layout the run computes in (Trainer.make_views)
+        views = [v.contiguous(memory_format=torch.channels_last) if v.dim() == 4 else v for v in views]
     return views, torch.arange(batch, device=device)
 
 
@@ -172,7 +174,7 @@ def _forward_backward(method: Any, views: list[torch.Tensor], index: torch.Tenso
 
 
 def saved_bytes(method: Any, recipe: Any, batch: int, image_size: int, channels: int, device: torch.device,
-                amp: torch.dtype | None = None) -> int:
+                amp: torch.dtype | None = None, channels_last: bool = False) -> int:
     """Bytes autograd keeps for the backward pass of one step at ``batch`` (each storage once; the
     parameters, which exist anyway, not counted), with the views themselves."""
     params = {p.untyped_storage().data_ptr() for p in method.parameters()}
@@ -184,7 +186,7 @@ def saved_bytes(method: Any, recipe: Any, batch: int, image_size: int, channels:
             kept[storage.data_ptr()] = storage.nbytes()
         return tensor
 
-    views, index = _probe_batch(method, recipe, batch, image_size, channels, device)
+    views, index = _probe_batch(method, recipe, batch, image_size, channels, device, channels_last=channels_last)
     for view in views:
         kept[view.untyped_storage().data_ptr()] = view.untyped_storage().nbytes()
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
@@ -213,7 +215,7 @@ def optimizer_slots(optimizer: str | None, momentum: float = 0.9) -> int:
 
 
 def memory_model(method: Any, recipe: Any, batch: int, image_size: int, channels: int, device: torch.device,
-                 amp: torch.dtype | None = None, slots: int = 1) -> MemoryModel:
+                 amp: torch.dtype | None = None, slots: int = 1, channels_last: bool = False) -> MemoryModel:
     """Fit :class:`MemoryModel` from probe steps at two small batches (the smallest pair the method
     takes: MoCo's shuffled BN, say, needs at least two images per sub-batch)."""
     failure: Exception | None = None
@@ -221,7 +223,8 @@ def memory_model(method: Any, recipe: Any, batch: int, image_size: int, channels
         try:
             with preserved(method, device):
                 method.train()
-                first, second = (saved_bytes(method, recipe, b, image_size, channels, device, amp) for b in sizes)
+                first, second = (saved_bytes(method, recipe, b, image_size, channels, device, amp, channels_last)
+                                 for b in sizes)
             break
         except Exception as exc:  # noqa: BLE001 - the method's own check of its batch; try larger probes
             failure = exc
@@ -307,8 +310,8 @@ def fit_defaults(config: Any) -> tuple[Any, str | None]:
     says what was chosen and why; None when everything was set or the data source has its own
     defaults). An ``init`` also fills the backbone and its arguments from the weights."""
     from .config import SOURCE_DEFAULTS
+    from .hardware import pick_device
     from .init import init_architecture
-    from .trainer import pick_device
 
     if config.init:
         backbone, args = init_architecture(config.backbone, config.backbone_args, config.init)
@@ -365,7 +368,8 @@ def fit_defaults(config: Any) -> tuple[Any, str | None]:
 
 def _fit_batch(config: Any, batch: int, budget: float, count: int | None, device: torch.device) -> int:
     """The largest power of two up to ``batch`` whose predicted step memory fits ``budget``."""
-    from .trainer import autocast_dtype, build_method, build_recipe
+    from .hardware import autocast_dtype
+    from .trainer import build_method, build_recipe
 
     resolved = config.resolve()
     size = resolved.image_size or _native_side(resolved.data)
@@ -438,10 +442,12 @@ def estimate_run(trainer: Any) -> Estimate | None:
     channels = int(images.shape[-1]) if images is not None else 3
     available = free_memory(device)
     amp = trainer.amp_dtype
+    compute = getattr(trainer, "compute", None)
+    layout = bool(compute.channels_last) if compute is not None else False
     what = f"{config.method} / {config.backbone} at {trainer.image_size} px, {trainer.recipe.num_views} views"
     try:
         model = memory_model(method, trainer.recipe, batch, trainer.image_size, channels, device, amp,
-                             optimizer_slots(config.optimizer, config.momentum))
+                             optimizer_slots(config.optimizer, config.momentum), layout)
     except ProbeError:  # a method that refuses small batches: no prediction, the warm-up step still measures
         model = None
     if model is not None:
@@ -452,7 +458,8 @@ def estimate_run(trainer: Any) -> Estimate | None:
     with preserved(method, device):
         method.train()
         start = time.perf_counter()
-        views, index = _probe_batch(method, trainer.recipe, batch, trainer.image_size, channels, device, seed=1)
+        views, index = _probe_batch(method, trainer.recipe, batch, trainer.image_size, channels, device, seed=1,
+                                    channels_last=layout)
         _forward_backward(method, views, index, amp, device)
         if device.type == "cuda":
             torch.cuda.synchronize(device)

@@ -17,9 +17,10 @@ from ..eval.knn import choose_k
 from ..methods import Method
 from . import checkpoint as ckpt
 from .config import TrainConfig
+from .hardware import autocast_dtype, pick_device
 from .heldout import probe_datasets
 from .init import apply_init
-from .trainer import autocast_dtype, build_method, build_recipe, pick_device
+from .trainer import build_method, build_recipe
 
 
 def load_method(path_or_run: str | Path, device: str | torch.device = "cpu", random_init: bool = False) -> tuple[Method, TrainConfig, int]:
