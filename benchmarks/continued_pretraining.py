@@ -16,7 +16,9 @@ initial backbone without training; BENCHMARKS.md's "Your own photos" section.
    - the initial backbone, untrained on the photos (``--init`` run's baseline);
    - continued pretraining: STEPS steps on the photos from the initial backbone (``--init``).
    Training runs at 32 px (``--image-size 32``: the photos are decoded from 64 px), the initial
-   backbone's resolution, to keep the script to a few CPU minutes.
+   backbone's resolution, to keep the script to a few CPU minutes, in float32 with NCHW tensors
+   (``precision: fp32``, ``channels_last: false``: the settings BENCHMARKS.md's figures were
+   measured with; ``auto`` would use bf16 on CPUs that compute it natively).
 
 Each arm's result is a line of benchmarks/results/continued_pretraining.jsonl; with the default the
 table between the markers of BENCHMARKS.md is rewritten.
@@ -69,6 +71,7 @@ def base_run(tmp: Path, data_dir: Path) -> dict:
     return train(TrainConfig(
         method="simclr", backbone="tiny", data="cifar10", data_dir=str(data_dir), train_subset=5000, test_subset=2000,
         epochs=6, batch_size=256, eval_every=0, seed=0, run_dir=str(tmp), name="base", progress=False, device="cpu",
+        precision="fp32", channels_last=False,
     ))
 
 
@@ -77,7 +80,7 @@ def photo_run(tmp: Path, photos: Path, name: str, steps: int, seed: int, init: s
     return train(TrainConfig(
         method="simclr", backbone="tiny", data=str(photos), image_size=IMAGE_SIZE, batch_size=BATCH, epochs=epochs,
         max_steps=steps, val_fraction=VAL_FRACTION, eval_every=0, seed=seed, init=init, run_dir=str(tmp), name=name,
-        progress=False, device="cpu",
+        progress=False, device="cpu", precision="fp32", channels_last=False,
     ))
 
 
