@@ -120,6 +120,9 @@ def test_a_selfsup_run_and_its_export_are_inits(tmp_path_factory, photos, tmp_pa
     assert summary["backbone"] == "tiny"
     initial, cfg, _ = load_method(tmp_path / "from-run", "cpu", random_init=True)
     assert cfg.backbone_args["width"] == 8 and same(initial.backbone.state_dict(), trained.backbone.state_dict())
+    moved = tmp_path / "last.pt"  # a checkpoint file taken out of its run
+    moved.write_bytes(sorted((run / "checkpoints").glob("step-*.pt"))[-1].read_bytes())
+    assert same(read_init(str(moved)).state, trained.backbone.state_dict())
     export = tmp_path / "tiny.safetensors"
     assert main(["export", str(run), "--format", "selfsup", "--out", str(export)]) == 0
     weights = read_init(str(export))

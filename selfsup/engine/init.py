@@ -78,7 +78,7 @@ def read_init(spec: str) -> InitWeights:
 
 def _read(spec: str, path: Path) -> InitWeights:
     if path.exists():
-        if path.is_dir() or _is_selfsup_checkpoint(path):
+        if path.is_dir():
             return _from_run(path)
         if path.suffix == ".safetensors":
             from ..eval.export import read_export
@@ -88,7 +88,10 @@ def _read(spec: str, path: Path) -> InitWeights:
             except Exception:  # not a selfsup export: a plain state dict
                 return from_state_dict(_read_safetensors(path), str(path))
             return _from_export(tensors, metadata, str(path))
-        return from_state_dict(_read_torch_file(path), str(path))
+        state = _load_torch_file(path)
+        if isinstance(state, dict) and "config" in state and "model" in state:  # a selfsup checkpoint, moved
+            return _from_run(path)
+        return from_state_dict(_unwrap(state, path), str(path))
     if spec.startswith("torchvision:"):
         return _torchvision(spec)
     if spec.startswith("timm:"):
@@ -97,10 +100,6 @@ def _read(spec: str, path: Path) -> InitWeights:
         f"init '{spec}' is neither a file nor a run directory, nor a name such as torchvision:resnet50.IMAGENET1K_V2 "
         "or timm:vit_small_patch16_224. Give a state dict (.pth, .safetensors), a `selfsup export`, or a run."
     )
-
-
-def _is_selfsup_checkpoint(path: Path) -> bool:
-    return path.suffix == ".pt" and (path.parent.name == "checkpoints" or (path.parent.parent / "config.yaml").is_file())
 
 
 def _from_run(path: Path) -> InitWeights:
@@ -138,15 +137,21 @@ def _arch_args(build_args: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in build_args.items() if k != "image_size"}
 
 
-def _read_torch_file(path: Path) -> dict[str, torch.Tensor]:
+def _load_torch_file(path: Path) -> Any:
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # pickles with code, damaged files, other formats
+        import pickle
+
+        reason = ("torch.load(weights_only=True) refuses it: not a torch file, or a pickle of more than tensors"
+                  if isinstance(exc, pickle.UnpicklingError) else f"{type(exc).__name__}: {str(exc).strip()[:200]}")
         raise ConfigError(
-            f"init '{path}' cannot be read as a state dict ({type(exc).__name__}: {str(exc).splitlines()[0][:200]}). "
-            "Save one with torch.save(model.state_dict(), path)."
+            f"init '{path}' cannot be read as a state dict ({reason}). Save one with torch.save(model.state_dict(), path)."
         ) from None
-    return _unwrap(state, path)
+
+
+def _read_torch_file(path: Path) -> dict[str, torch.Tensor]:
+    return _unwrap(_load_torch_file(path), path)
 
 
 def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
