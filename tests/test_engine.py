@@ -142,6 +142,14 @@ def test_run_directory_contents(tmp_path) -> None:
     assert summary["best_knn_top1"] == max(r["knn_top1"] for r in records[1:] if "knn_top1" in r)
 
 
+def test_config_yaml_reads_back_as_the_run_was_configured(tmp_path) -> None:
+    """Resume reads config.yaml: a string that YAML 1.2 reads as a number (a run named 1e5) must
+    be written quoted, or the run could not be resumed (found by tests/reliability/test_properties.py)."""
+    trainer = Trainer(small_config(tmp_path, name="1e5", method_args={"proj_hidden_dim": 64, "temperature": 1e-1}))
+    trainer.close()
+    assert build_config(str(tmp_path / "1e5" / "config.yaml")) == trainer.config
+
+
 def test_cosine_schedule_warmup_then_cosine() -> None:
     lr = cosine_schedule(1.0, 0.0, 100, warmup_steps=10)
     assert len(lr) == 100
@@ -192,7 +200,7 @@ def test_lars_excludes_bias_and_norm_and_scales_by_trust_ratio() -> None:
         assert float((lr * wd * before[name]).abs().min()) > 1e-2  # a decay here would show
 
 
-def test_config_errors_are_clear() -> None:
+def test_config_errors_are_clear(tmp_path) -> None:
     with pytest.raises(ConfigError, match="Did you mean 'batch_size'"):
         build_config(None, None, ["batchsize=3"])
     with pytest.raises(ConfigError, match="expected an integer"):
@@ -205,6 +213,15 @@ def test_config_errors_are_clear() -> None:
         build_config(None, None, ["lr=-1"]).resolve()
     with pytest.raises(ConfigError, match="unknown key 'temprature'"):
         build_config(None, None, ["method.temprature=0.1"]).resolve()
+    # Found by the property tests: accepted, then a crash (seed overflow, DataLoader) or nonsense.
+    with pytest.raises(ConfigError, match=r"seed must be in \[0, 2\*\*32\)"):
+        build_config(None, None, ["seed=1e300"])
+    with pytest.raises(ConfigError, match="num_workers must be >= 0"):
+        build_config(None, None, ["num_workers=-1"])
+    with pytest.raises(ConfigError, match=r"min_lr_ratio must be in \[0, 1\]"):
+        build_config(None, None, ["min_lr_ratio=2"])
+    with pytest.raises(ConfigError, match="unexpected keyword argument 'widht'"):
+        Trainer(small_config(tmp_path, backbone_args={"widht": 8}))
 
 
 def test_batch_larger_than_dataset_is_refused(tmp_path) -> None:
