@@ -27,16 +27,28 @@ class _SafeLoader(yaml.SafeLoader):
     wants a dot and a signed exponent (``1.0e-3``), so it would return the string '1e-3'."""
 
 
-_SafeLoader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$"),
-    list("-+0123456789."),
-)
+# YAML 1.2's exponent-without-dot floats: read as numbers, and so quoted when they are strings.
+_FLOAT_WITHOUT_DOT = re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$")
+_SafeLoader.add_implicit_resolver("tag:yaml.org,2002:float", _FLOAT_WITHOUT_DOT, list("-+0123456789."))
+
+
+class _SafeDumper(yaml.SafeDumper):
+    """PyYAML's safe dumper, quoting every string :class:`_SafeLoader` would read as a number:
+    plain ``yaml.safe_dump`` writes the string '1e5' bare, which reads back as 100000.0 (a run
+    named 1e5 could not be resumed from its config.yaml)."""
+
+
+_SafeDumper.add_implicit_resolver("tag:yaml.org,2002:float", _FLOAT_WITHOUT_DOT, list("-+0123456789."))
 
 
 def safe_load(text: str) -> Any:
     """``yaml.safe_load`` with YAML 1.2 numbers (see :class:`_SafeLoader`)."""
     return yaml.load(text, Loader=_SafeLoader)  # noqa: S506 - a SafeLoader subclass
+
+
+def safe_dump(data: Any) -> str:
+    """YAML that :func:`safe_load` reads back as ``data`` (keys in their order)."""
+    return yaml.dump(data, Dumper=_SafeDumper, sort_keys=False)
 
 
 def _type_name(tp: Any) -> str:

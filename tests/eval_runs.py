@@ -3,6 +3,9 @@
 Each run is trained once per test session (cached here, whichever test file asks first) on a few
 CIFAR-10 images from ../shared/data, on the CPU, with a narrow tiny net so the whole set of these
 tests stays fast. They prove plumbing, not learning: the learning proofs are the slow tests.
+They run in float32 whatever the CPU (``precision: auto`` is bf16 on CPUs with native bf16), so
+the numbers the tests measured on them hold on every machine, and the probes of these runs can
+be checked against an independent float64 computation.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ def _train(tmp_path_factory: pytest.TempPathFactory, name: str, **values: Any) -
         root = tmp_path_factory.mktemp(f"run-{name}")
         config = TrainConfig(
             method="simclr", data="cifar10", data_dir=str(shared_data_dir()), run_dir=str(root), name=name,
-            progress=False, device="cpu", seed=0, method_args={"proj_hidden_dim": 32, "proj_output_dim": 16},
+            progress=False, device="cpu", seed=0, precision="fp32", method_args={"proj_hidden_dim": 32, "proj_output_dim": 16},
             **values,
         )
         train(config)

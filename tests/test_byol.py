@@ -177,7 +177,8 @@ def test_byol_learns_on_cifar10(tmp_path) -> None:
     at lr 1.0 and +1.7 and -0.75 at lr 0.2 (seeds 0 and 1): BYOL's target needs steps to move.
     Measured here on the shared 2-core CPU: seed 0 30.05% vs 22.00% random-init (+8.05 points),
     seed 1 25.05% vs 21.75% (+3.3); the projection's std
-    0.81 / sqrt(d) in both. The 1.5-point margin sits 1.8 points (about 1.3 standard errors of a
+    0.81 / sqrt(d) in both: the 0.5 / sqrt(d) bound sits 0.31 below that and 0.5 above a
+    collapse (0), a margin of its own for the collapse check. The 1.5-point margin sits 1.8 points (about 1.3 standard errors of a
     paired gain) below the lower gain and fails for a method that does not learn (gain about 0)."""
     summary = learning_run(
         "byol", tmp_path, seed=0, epochs=30, train_subset=1000, batch_size=64, lr=1.0,

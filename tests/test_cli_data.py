@@ -13,9 +13,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from selfsup.augment import create_recipe
+from selfsup.augment.recipes import available_recipes
 from selfsup.cli import main as cli
 from selfsup.data import load_dataset
 
@@ -51,15 +53,32 @@ def test_preview_writes_a_grid_of_originals_and_views(tmp_path, data_dir) -> Non
         assert not np.array_equal(view[::3, ::3], originals[row])  # an augmented view, not a copy
 
 
-@pytest.mark.parametrize("recipe, columns", [("byol", 2), ("multicrop", 8), ("cmc_lab", 2), ("cpc_patches", 1)])
-def test_preview_of_every_recipe(tmp_path, recipe: str, columns: int, capsys) -> None:
+# The views each recipe makes (columns after the original): a registered recipe missing here fails.
+COLUMNS = {"simclr": 2, "byol": 2, "multicrop": 8, "dino": 10, "cmc_lab": 2, "cpc_patches": 1}
+
+
+def test_the_preview_list_names_every_recipe() -> None:
+    assert sorted(COLUMNS) == available_recipes()
+
+
+@pytest.mark.parametrize("recipe", available_recipes())
+def test_preview_of_every_recipe(tmp_path, data_dir, recipe: str, capsys) -> None:
+    """Colour images (CIFAR-10): on the grey digits CMC's ab view would be blank by right."""
+    columns = COLUMNS[recipe]
+    made = create_recipe(recipe, 32)(torch.zeros(1, 32, 32, 3, dtype=torch.uint8), torch.Generator().manual_seed(0))
+    assert len(made) == columns
     out = tmp_path / f"{recipe}.png"
-    assert cli(["data", "preview", "--data", "digits", "--recipe", recipe, "--count", "3", "--out", str(out)]) == 0
-    height, width = np.asarray(Image.open(out)).shape[:2]
+    args = ["data", "preview", "--data", "cifar10", "--data-dir", str(data_dir), "--recipe", recipe, "--count", "3"]
+    assert cli([*args, "--out", str(out)]) == 0
+    picture = np.asarray(Image.open(out))
+    height, width = picture.shape[:2]
     cell = (height - PAD) // 3 - PAD
     assert height == 3 * (cell + PAD) + PAD
     assert width == (1 + columns) * (cell + PAD) + PAD
-    assert f"{create_recipe(recipe, 32).num_views} views" in capsys.readouterr().out
+    for column in range(1 + columns):  # every column drawn: no cell left blank
+        x = PAD + column * (cell + PAD)
+        assert picture[PAD:-PAD, x : x + cell].std() > 1, f"column {column} is blank"
+    assert f"{columns} views each" in capsys.readouterr().out
 
 
 def test_pack_and_info(tmp_path, capsys) -> None:

@@ -6,8 +6,14 @@ import csv
 import json
 import shutil
 
-from selfsup.cli import main
+import torch
+import torch.nn.functional as F
 
+from selfsup.api import load_backbone
+from selfsup.cli import main
+from selfsup.data import load_dataset
+
+from .conftest import shared_data_dir
 from .eval_runs import tiny_run
 
 
@@ -43,14 +49,37 @@ def test_compare_reads_each_runs_files_into_markdown_and_csv(tmp_path_factory, t
 
 
 def test_compare_probe_knn_computes_and_records(tmp_path_factory, tmp_path, capsys) -> None:
+    """`compare --probe knn` against an independent probe: the backbone as `load_backbone` gives
+    it, the same fixed subsets, and InstDisc's weighted kNN (k=200, T=0.1) written out here in
+    float64. 1,000 training images, so that the 200 neighbours are a choice (with fewer than k
+    every image votes and the majority class wins whatever the features); the predictions are
+    checked to spread over the classes, so the accuracy depends on the features."""
     run = tmp_path / "run"
     shutil.copytree(tiny_run(tmp_path_factory), run, ignore=shutil.ignore_patterns("evals.jsonl", "report"))
     (run / "summary.json").unlink()  # a run without a summary (e.g. interrupted): kNN must come from --probe
-    assert main(["compare", str(run), "--probe", "knn", "--train-subset", "96", "--test-subset", "40", "--device", "cpu"]) == 0
+    args = ["compare", str(run), "--probe", "knn", "--train-subset", "1000", "--test-subset", "200", "--device", "cpu"]
+    assert main(args) == 0
     line = capsys.readouterr().out.strip().splitlines()[2]
     record = json.loads((run / "evals.jsonl").read_text().splitlines()[-1])
-    assert record["probe"] == "knn" and record["settings"]["test_subset"] == 40
+    assert record["probe"] == "knn" and record["settings"]["test_subset"] == 200
     assert f"{100 * record['learned']['top1']:.2f}%" in line and f"{100 * record['random']['top1']:.2f}%" in line
+
+    backbone = load_backbone(run, device="cpu")
+    train = load_dataset("cifar10", "train", data_dir=shared_data_dir(), limit=1000, seed=0)
+    test = load_dataset("cifar10", "test", data_dir=shared_data_dir(), limit=200, seed=0)
+    with torch.no_grad():
+        bank = F.normalize(backbone(backbone.preprocess(train.images)).double(), dim=1)
+        queries = F.normalize(backbone(backbone.preprocess(test.images)).double(), dim=1)
+    similarity, nearest = (queries @ bank.T).topk(200, dim=1)
+    weights, voters = (similarity / 0.1).exp(), train.labels[nearest]
+    votes = torch.stack([(weights * (voters == c)).sum(1) for c in range(10)], dim=1)
+    ranked = votes.argsort(dim=1, descending=True)
+    top1 = float((ranked[:, 0] == test.labels).double().mean())
+    top5 = float((ranked[:, :5] == test.labels[:, None]).any(1).double().mean())
+    assert len(ranked[:, 0].unique()) >= 5, "the probe must depend on the features, not a majority vote"
+    # One test image is 0.005: float32 against float64 may flip at most a near-tie (none today).
+    assert abs(record["learned"]["top1"] - top1) <= 0.005 + 1e-6, (record["learned"], top1)
+    assert abs(record["learned"]["top5"] - top5) <= 0.005 + 1e-6, (record["learned"], top5)
 
 
 def test_compare_refuses_a_folder_that_is_not_a_run(tmp_path, capsys) -> None:

@@ -274,6 +274,20 @@ def test_folder_images_are_resized_to_the_requested_size(tmp_path, cifar_head) -
     wide.save(root / "wide.png")
     ds = load_folder(root, 16)
     assert ds.images.shape == (5, 16, 16, 3)
+    # The wide image: shorter side to 16 px, then its centre square, i.e. the middle 32 columns of
+    # the original (the right half of one image and the left half of the next). PIL's bicubic
+    # resize of that box of the original (which reads past the box's edges as resize-then-crop
+    # does) gives it exactly; a squashed, left- or right-cropped image would be far off.
+    loaded = ds.images[[Path(p).name for p in ds.paths].index("wide.png")].numpy().astype(float)
+    pixels = np.asarray(wide)
+
+    def resized(box: tuple[int, int, int, int]) -> np.ndarray:
+        return np.asarray(wide.resize((16, 16), Image.Resampling.BICUBIC, box=box)).astype(float)
+
+    error = {name: np.abs(loaded - resized(box)).mean() for name, box in
+             {"centre": (16, 0, 48, 32), "left": (0, 0, 32, 32), "right": (32, 0, 64, 32), "squashed": (0, 0, 64, 32)}.items()}
+    assert pixels.shape == (32, 64, 3) and error["centre"] == 0, error
+    assert min(error["left"], error["right"], error["squashed"]) > 10, error
 
 
 def test_one_unreadable_file_is_skipped_counted_and_reported_once(tmp_path, cifar_head, capsys) -> None:
@@ -296,6 +310,7 @@ def test_streamed_folder_gives_the_same_batches_and_survives_a_bad_file(tmp_path
     assert streamed.streamed and streamed.images is None and len(streamed) == 40
     a = list(BatchLoader(memory, 16, seed=1, num_workers=0).epoch(0))
     b = list(BatchLoader(streamed, 16, seed=1, num_workers=0).epoch(0))
+    assert len(a) == len(b) == 2  # 40 images, batches of 16, the last partial one dropped
     for x, y in zip(a, b):
         assert torch.equal(x.images, y.images) and torch.equal(x.labels, y.labels) and torch.equal(x.index, y.index)
     # A file that turns unreadable after the scan is dropped from its batch; the epoch goes on.

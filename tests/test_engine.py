@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -122,9 +123,27 @@ def test_run_directory_contents(tmp_path) -> None:
     run = tmp_path / "run"
     assert (run / "config.yaml").is_file() and (run / "summary.json").is_file()
     assert any((run / "tensorboard").iterdir())
-    lines = [l for l in (run / "metrics.jsonl").read_text().splitlines()]
-    assert len(lines) >= 4 and '"loss"' in lines[0] or '"knn_top1"' in lines[0]
-    assert summary["knn_top1"] is not None and summary["knn_random_top1"] is not None
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    # 8 steps (4 per epoch), a loss record every 2 steps, a kNN record before training (the
+    # random-init baseline) and at the end of each epoch, in the order they happened.
+    kinds = [("knn" if "knn_top1" in r else "loss", r["step"], r["epoch"]) for r in records]
+    assert kinds == [
+        ("knn", 0, 0), ("loss", 2, 0), ("loss", 4, 0), ("knn", 4, 1), ("loss", 6, 1), ("loss", 8, 1), ("knn", 8, 2),
+    ], kinds
+    assert records[0]["random_init"] is True and not any(r.get("random_init") for r in records[1:])
+    for r in records:
+        assert set(r) >= ({"time", "knn_top1", "knn_top5"} if "knn_top1" in r else {"time", "loss", "lr", "images_per_s"})
+        assert all(math.isfinite(v) for k, v in r.items() if isinstance(v, float))
+    assert summary["knn_random_top1"] == records[0]["knn_top1"] and summary["knn_top1"] == records[-1]["knn_top1"]
+    assert summary["best_knn_top1"] == max(r["knn_top1"] for r in records[1:] if "knn_top1" in r)
+
+
+def test_config_yaml_reads_back_as_the_run_was_configured(tmp_path) -> None:
+    """Resume reads config.yaml: a string that YAML 1.2 reads as a number (a run named 1e5) must
+    be written quoted, or the run could not be resumed (found by tests/reliability/test_properties.py)."""
+    trainer = Trainer(small_config(tmp_path, name="1e5", method_args={"proj_hidden_dim": 64, "temperature": 1e-1}))
+    trainer.close()
+    assert build_config(str(tmp_path / "1e5" / "config.yaml")) == trainer.config
 
 
 def test_cosine_schedule_warmup_then_cosine() -> None:
@@ -142,23 +161,42 @@ def test_lr_scaling_rules() -> None:
 
 
 def test_lars_excludes_bias_and_norm_and_scales_by_trust_ratio() -> None:
+    """One LARS step against the formula in float64. Weight decay 0.5 turns the update's
+    direction by about 15% of its size, and every bias/BN value is far from zero, so a dropped
+    decay, a decayed bias or BN weight, or a trust ratio on them would each miss the expected
+    update by more than 20 times the tolerance (asserted below, so the check stays able to fail)."""
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.BatchNorm1d(3))
-    groups = [{"params": list(model.parameters())}]
-    optimizer = build_optimizer(groups, "lars", lr=0.1, weight_decay=0.01, momentum=0.0)
+    with torch.no_grad():
+        model[1].weight.uniform_(0.5, 2.0)  # BN's own init (weight 1, bias 0) would hide a decay of the bias
+        model[1].bias.uniform_(0.5, 2.0)
+        model[0].bias.uniform_(0.5, 2.0)
+    lr, wd, eta = 1.0, 0.5, 0.001
+    optimizer = build_optimizer([{"params": list(model.parameters())}], "lars", lr=lr, weight_decay=wd, momentum=0.0)
     assert isinstance(optimizer, LARS)
-    weight, bias = model[0].weight, model[0].bias
-    w0, b0 = weight.detach().clone(), bias.detach().clone()
-    for p in model.parameters():
-        p.grad = torch.ones_like(p)
+    before = {name: p.detach().clone().double() for name, p in model.named_parameters()}
+    grads = {}
+    for name, p in model.named_parameters():
+        p.grad = torch.randn_like(p)
+        grads[name] = p.grad.double()
     optimizer.step()
-    g = torch.ones_like(w0) + 0.01 * w0
-    trust = 0.001 * w0.norm() / g.norm()
-    assert torch.allclose(weight, w0 - 0.1 * trust * g, atol=1e-7)
-    assert torch.allclose(bias, b0 - 0.1 * torch.ones_like(b0), atol=1e-7)  # no decay, no trust ratio
+    moved = {name: p.detach().double() - before[name] for name, p in model.named_parameters()}
+
+    w, grad = before["0.weight"], grads["0.weight"]
+    decayed = grad + wd * w
+    expected = -lr * eta * w.norm() / decayed.norm() * decayed
+    without_decay = -lr * eta * w.norm() / grad.norm() * grad
+    tolerance = 1e-3 * float(expected.abs().max())  # float32 rounding of w + update is ~1e-4 of the update
+    torch.testing.assert_close(moved["0.weight"], expected, rtol=0, atol=tolerance)
+    assert float((without_decay - expected).abs().max()) > 20 * tolerance  # the decay is visible
+
+    # Biases and BN parameters (ndim <= 1): plain SGD, neither decay nor trust ratio.
+    for name in ("0.bias", "1.weight", "1.bias"):
+        torch.testing.assert_close(moved[name], -lr * grads[name], rtol=0, atol=1e-6)
+        assert float((lr * wd * before[name]).abs().min()) > 1e-2  # a decay here would show
 
 
-def test_config_errors_are_clear() -> None:
+def test_config_errors_are_clear(tmp_path) -> None:
     with pytest.raises(ConfigError, match="Did you mean 'batch_size'"):
         build_config(None, None, ["batchsize=3"])
     with pytest.raises(ConfigError, match="expected an integer"):
@@ -171,6 +209,15 @@ def test_config_errors_are_clear() -> None:
         build_config(None, None, ["lr=-1"]).resolve()
     with pytest.raises(ConfigError, match="unknown key 'temprature'"):
         build_config(None, None, ["method.temprature=0.1"]).resolve()
+    # Found by the property tests: accepted, then a crash (seed overflow, DataLoader) or nonsense.
+    with pytest.raises(ConfigError, match=r"seed must be in \[0, 2\*\*32\)"):
+        build_config(None, None, ["seed=1e300"])
+    with pytest.raises(ConfigError, match="num_workers must be >= 0"):
+        build_config(None, None, ["num_workers=-1"])
+    with pytest.raises(ConfigError, match=r"min_lr_ratio must be in \[0, 1\]"):
+        build_config(None, None, ["min_lr_ratio=2"])
+    with pytest.raises(ConfigError, match="unexpected keyword argument 'widht'"):
+        Trainer(small_config(tmp_path, backbone_args={"widht": 8}))
 
 
 def test_batch_larger_than_dataset_is_refused(tmp_path) -> None:
@@ -190,11 +237,35 @@ def test_bundled_configs_resolve() -> None:
 
 def test_online_probe_learns_from_detached_features(tmp_path) -> None:
     summary = train(small_config(tmp_path, online_probe=True, epochs=4, log_every=1, train_subset=None))
-    import json
-
     records = [json.loads(l) for l in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     accs = [r["online_probe_acc"] for r in records if "online_probe_acc" in r]
     assert len(accs) == summary["steps"]
     # Ten digit classes: chance is 0.1; a linear head on even these briefly trained features
     # passes 0.5 within a few dozen steps.
     assert max(accs[-5:]) > 0.5
+
+
+def test_online_probe_sends_no_gradient_into_the_method(tmp_path) -> None:
+    """The probe's features are detached: a probe step leaves every gradient of the method
+    untouched while it trains its own head, and a run with the probe ends with exactly the
+    parameters of the same run without it. (Its extra forward pass in train mode does move the
+    backbone's BN running statistics, which are buffers, not parameters; the trainer re-averages them.)"""
+    from contextlib import nullcontext
+
+    with_probe = Trainer(small_config(tmp_path / "a", online_probe=True, max_steps=3))
+    with_probe.fit()
+    without = Trainer(small_config(tmp_path / "b", max_steps=3))
+    without.fit()
+    plain = dict(without.method.named_parameters())
+    for name, param in with_probe.method.named_parameters():
+        assert torch.equal(param, plain[name]), name
+
+    method, probe = with_probe.method, with_probe.online_probe
+    batch = next(iter(with_probe.loader.epoch(0)))
+    view = with_probe.make_views(batch.images)[0]
+    method.zero_grad(set_to_none=True)
+    head_before = [p.clone() for p in probe.head.parameters()]
+    probe.step(method, view, batch.labels, 1.0, nullcontext())
+    assert all(p.grad is None for p in method.parameters())
+    assert all(p.grad is not None for p in probe.head.parameters())
+    assert any(not torch.equal(a, b) for a, b in zip(head_before, probe.head.parameters()))

@@ -63,10 +63,11 @@ def test_finetune_trains_the_backbone_only_when_its_lr_is_not_zero(tmp_path_fact
     for result in results.values():
         assert result["steps"] == 15 and result["train_images"] == 40
         assert 0.0 <= result["top1"] <= result["top5"] <= 1.0
-    # Training the backbone too fits the 40 images better than the head alone. Measured (40 steps,
-    # seeds 0 and 1): last loss 1.31-1.34 against 2.11 for the frozen backbone; at 15 steps the gap
-    # is smaller but the order is the point: a backbone that did not train would tie.
-    assert results[1.0]["final_loss"] < results[0.0]["final_loss"] - 0.05
+    # Training the backbone too fits the 40 images better than the head alone. Measured at these
+    # 15 steps (fine-tune seeds 0 and 1): last loss 2.128 / 2.109 against 2.230 / 2.231 for the
+    # frozen backbone, gaps 0.10 / 0.12; the 0.05 margin is half the lower gap, and a backbone that
+    # did not train would tie (gap 0: the same computation as the frozen one).
+    assert results[1.0]["final_loss"] < results[0.0]["final_loss"] - 0.05, results
 
 
 def test_cli_finetune_low_label_beside_from_scratch_and_recorded(tmp_path_factory, capsys) -> None:

@@ -3,8 +3,13 @@ so a new method file is covered without anyone remembering to add it here."""
 
 from __future__ import annotations
 
+import ast
 import dataclasses
+import inspect
+import io
 import math
+import textwrap
+import tokenize
 
 import pytest
 import torch
@@ -22,13 +27,55 @@ def test_registry_lists_the_methods() -> None:
     assert all(methods.descriptions()[name] for name in ALL)
 
 
+def undocumented_fields(cls: type) -> list[str]:
+    """Fields of dataclass ``cls`` (its own and inherited) with no comment: neither on the field's
+    own lines nor in a comment block directly above it. (``@dataclass`` writes a ``__doc__`` of
+    its own, so a docstring proves nothing; the project documents each field with a comment.)"""
+    missing = []
+    for klass in cls.__mro__:
+        if not dataclasses.is_dataclass(klass):
+            continue
+        source = textwrap.dedent(inspect.getsource(klass))
+        tokens = tokenize.generate_tokens(io.StringIO(source).readline)
+        commented = {token.start[0] for token in tokens if token.type == tokenize.COMMENT}
+        lines = source.splitlines()
+        for node in ast.parse(source).body[0].body:
+            if not isinstance(node, ast.AnnAssign):
+                continue
+            own = any(line in commented for line in range(node.lineno, node.end_lineno + 1))
+            above = node.lineno - 1 in commented and lines[node.lineno - 2].lstrip().startswith("#")
+            if not (own or above):
+                missing.append(f"{klass.__name__}.{node.target.id}")
+    return missing
+
+
+def test_the_documentation_check_can_fail() -> None:
+    @dataclasses.dataclass
+    class Partly:
+        documented: int = 1  # a comment
+        # a comment above
+        also_documented: int = 2
+        bare: int = 3
+
+    assert undocumented_fields(Partly) == ["Partly.bare"]
+
+
 @pytest.mark.parametrize("name", ALL)
 def test_method_declares_paper_and_documented_defaults(name: str) -> None:
     cls = methods.get(name)
     assert "arXiv" in cls.paper, f"{name} must cite its paper"
-    assert cls.__doc__ and cls.Config.__doc__ is not None
+    assert cls.__doc__ and cls.description
     config = cls.Config()
-    assert dataclasses.is_dataclass(config)
+    assert dataclasses.is_dataclass(config) and isinstance(config, methods.MethodConfig)
+    assert undocumented_fields(cls.Config) == [], f"{name}: every field of its Config needs a comment"
+    config.validate()  # the paper's defaults are themselves valid
+
+
+def test_every_train_config_field_is_documented() -> None:
+    """docs/architecture.md promises it of TrainConfig too."""
+    from selfsup.engine.config import TrainConfig as Config
+
+    assert undocumented_fields(Config) == []
 
 
 @pytest.mark.parametrize("name", ALL)

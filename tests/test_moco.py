@@ -193,20 +193,30 @@ def test_keys_are_enqueued_only_after_the_optimizer_step() -> None:
 
 
 def test_engine_step_updates_key_encoder_by_momentum_and_enqueues(tmp_path, data_dir) -> None:
+    """The engine's EMA after one step: key = m * key + (1 - m) * query, exactly. With the paper's
+    m = 0.999 and lr the move would be ~1e-6 x the gradient, inside any float tolerance, so a
+    wrong momentum would pass: here m = 0.9 and a large learning rate make the move more than a
+    thousand times the tolerance (asserted), as the BYOL test does with tau 0.9."""
+    m = 0.9
     config = TrainConfig(
         method="moco_v1", backbone="tiny", data="cifar10", data_dir=str(data_dir), train_subset=64, test_subset=32, batch_size=32,
         epochs=1, max_steps=1, eval_every=None, run_dir=str(tmp_path), name="r", progress=False, device="cpu",
-        method_args={"queue_size": 96},
+        method_args={"queue_size": 96, "ema_momentum": m}, lr=50.0, warmup_epochs=0,
     )
     trainer = Trainer(config)
     method = trainer.method
     key_before = [p.clone() for p in method.key_backbone.parameters()]
+    online_before = [p.clone() for p in method.backbone.parameters()]
+    assert all(torch.equal(k, q) for k, q in zip(key_before, online_before))  # the key encoder starts as a copy
     queue_before = method.queue.keys.clone()
     trainer.fit()
-    m = 0.999  # MoCo v1's momentum, applied by the engine after the optimizer step
-    for online, target, before in zip(method.backbone.parameters(), method.key_backbone.parameters(), key_before):
-        assert torch.allclose(target, m * before + (1 - m) * online, atol=1e-7)
-    assert any(not torch.equal(t, b) for t, b in zip(method.key_backbone.parameters(), key_before))
+    atol = 1e-7
+    pairs = list(zip(method.backbone.parameters(), method.key_backbone.parameters(), key_before))
+    assert len(pairs) == len(key_before) > 0
+    for online, target, before in pairs:  # the engine applies it after the optimizer step
+        torch.testing.assert_close(target, m * before + (1 - m) * online, rtol=1e-6, atol=atol)
+    move = max(float((target - before).abs().max()) for _, target, before in pairs)
+    assert move > 1e3 * atol, f"the EMA move ({move:.2e}) must stand far above the tolerance"
     assert int(method.queue.pointer) == 32
     assert not torch.equal(method.queue.keys[:32], queue_before[:32])
     assert torch.equal(method.queue.keys[32:], queue_before[32:])

@@ -1,5 +1,6 @@
 """`selfsup report`: an offline HTML page whose every image loads in a real browser (headless
-Chromium, Debian's `chromium` package; CI installs it in .ci/run), and whose figures say true things."""
+Chromium, found as .ci/run finds it: `chromium`, else `chromium-browser` or `google-chrome` on the
+PATH; CI installs Debian's `chromium`), and whose figures say true things."""
 
 from __future__ import annotations
 
@@ -9,14 +10,16 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import numpy as np
 import pytest
+from PIL import Image
 
 from selfsup.cli import main
 from selfsup.eval.report import pick_queries, project_2d
 
 from .eval_runs import tiny_run, vit_run
 
-CHROMIUM = Path("/usr/bin/chromium")
+BROWSERS = ("chromium", "chromium-browser", "google-chrome")  # .ci/run: command -v chromium
 # Appended to a copy of the page: after the load event, record which <img> failed to decode.
 _CHECK = (
     "<script>window.addEventListener('load',()=>{const imgs=Array.from(document.images);"
@@ -30,11 +33,12 @@ def images_in_chromium(page: Path, tmp_path: Path) -> dict:
     """Open ``page`` in headless Chromium; {"total": n, "bad": [src of images that did not load]}.
 
     Fails (never skips) when Chromium is missing: the report's promise is that it renders."""
-    assert CHROMIUM.is_file(), "headless Chromium is required: apt-get install -y chromium (.ci/run installs it)"
+    browser = next((found for name in BROWSERS if (found := shutil.which(name))), None)
+    assert browser, f"headless Chromium is required ({', '.join(BROWSERS)} on the PATH): apt-get install -y chromium (.ci/run installs it)"
     probe = page.with_name(f".check-{page.name}")
     probe.write_text(page.read_text().replace("</body>", _CHECK + "</body>"))
     command = [
-        str(CHROMIUM), "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+        browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
         "--disable-background-networking", "--disable-component-update", "--disable-sync",
         f"--user-data-dir={tmp_path / 'chromium-profile'}", "--virtual-time-budget=10000", "--dump-dom",
         probe.resolve().as_uri(),
@@ -46,6 +50,18 @@ def images_in_chromium(page: Path, tmp_path: Path) -> dict:
     found = re.search(r'<pre id="image-check">(.*?)</pre>', done.stdout)
     assert found, f"Chromium did not render the page (exit {done.returncode}): {done.stderr[-2000:]}"
     return json.loads(found.group(1))
+
+
+def rgb(path: Path) -> np.ndarray:
+    return np.asarray(Image.open(path).convert("RGB")).astype(int)
+
+
+def pixels_of(image: np.ndarray, colour: tuple[int, int, int], tolerance: int = 10) -> int:
+    """How many pixels are within ``tolerance`` of ``colour`` (antialiased lines blend at their edges)."""
+    return int((np.abs(image - np.array(colour)).max(-1) <= tolerance).sum())
+
+
+C0, GRAY = (31, 119, 180), (128, 128, 128)  # matplotlib's first line colour; the random-init baseline
 
 
 def test_the_image_check_catches_a_broken_image(tmp_path) -> None:
@@ -70,7 +86,37 @@ def test_report_page_renders_with_every_figure(tmp_path_factory, tmp_path, capsy
     text = page.read_text()
     sources = re.findall(r'<img src="([^"]+)"', text)
     assert sources == ["loss.png", "lr.png", "knn.png", "embedding_map.png", "retrieval.png", "augmentations.png"]
-    assert all((run / "report" / s).stat().st_size > 1000 for s in sources)
+    # Each figure's content: its size in pixels, and the marks it must show. Curves: 5 x 3.2 in
+    # at 100 dpi; the line is drawn in C0 (hundreds of pixels; an empty axes has none).
+    report = run / "report"
+    for name in ("loss.png", "lr.png", "knn.png"):
+        image = rgb(report / name)
+        assert image.shape == (320, 500, 3), name
+        assert pixels_of(image, C0) > 100, f"{name}: no curve drawn"
+    assert pixels_of(rgb(report / "knn.png"), GRAY) > 200  # the dashed random-init line
+    from matplotlib import colormaps
+
+    scatter = rgb(report / "embedding_map.png")
+    assert scatter.shape == (550, 650, 3)
+    tab10 = [tuple(round(255 * c) for c in colormaps["tab10"](i)[:3]) for i in range(10)]
+    assert sum(pixels_of(scatter, colour, 8) > 50 for colour in tab10) >= 5  # points of several classes
+    # The retrieval grid: 4 queries x (query + 5 neighbours) of 64 px tiles with 3 px frames, a
+    # 16 px gap after the query and 4 px between rows; blue query frames, and green/red frames
+    # whose share is the one the caption states.
+    from selfsup.eval.report import BLUE, GREEN, RED
+
+    grid = rgb(report / "retrieval.png")
+    assert grid.shape == (4 * 70 + 3 * 4, 70 + 16 + 5 * 70, 3)
+    frames = [[tuple(grid[r * 74, 86 + j * 70]) for j in range(5)] for r in range(4)]
+    assert all(tuple(grid[r * 74, 0]) == BLUE for r in range(4))
+    assert all(f in (GREEN, RED) for row in frames for f in row), frames
+    same = sum(f == GREEN for row in frames for f in row)
+    assert f"{100 * same / 20:.1f}% of the neighbours shown share the query&#x27;s class" in text
+    # The augmentation preview: 6 training images and their 2 SimCLR views, 96 px cells.
+    views = rgb(report / "augmentations.png")
+    assert views.shape == (6 * 100 + 4, 3 * 100 + 4, 3)
+    cells = [views[4 + r * 100 : r * 100 + 100, 4 + c * 100 : c * 100 + 100] for r in range(6) for c in range(3)]
+    assert all(cell.std() > 5 for cell in cells), "a blank cell in the augmentation preview"
     assert "http://" not in text and "https://" not in text  # opens offline: no external resource
     assert "method_args.proj_hidden_dim" in text and "t-SNE" in text  # config table; scikit-learn's map
     assert "<td>knn</td>" in text  # the probe recorded by `selfsup eval knn`
@@ -121,7 +167,19 @@ def test_vit_report_draws_attention_maps(tmp_path_factory, tmp_path) -> None:
     assert main(["report", str(run), "--train-subset", "16", "--test-subset", "16", "--map", "pca", "--device", "cpu"]) == 0
     text = (run / "report" / "index.html").read_text()
     maps = re.findall(r'<img src="(attention_\d\.png)"', text)
-    assert len(maps) == 4 and all((run / "report" / m).is_file() for m in maps)
+    assert len(maps) == 4
+    # Each map: the image, the mean over heads and ViT-Tiny's 3 heads, 2.2 x 2.5 in panels at 100
+    # dpi. Every panel is drawn (most of its pixels, in many colours), the heads differ from one
+    # another and the 4 query images give 4 different pictures.
+    pictures = [rgb(run / "report" / m) for m in maps]
+    for name, picture in zip(maps, pictures):
+        assert picture.shape == (250, 5 * 220, 3), name
+        panels = [picture[:, i * 220 : (i + 1) * 220] for i in range(5)]
+        for i, panel in enumerate(panels):
+            assert (panel.min(-1) < 250).mean() > 0.5 and len(np.unique(panel.reshape(-1, 3), axis=0)) > 100, (name, i)
+        heads = panels[2:]
+        assert all(not np.array_equal(a, b) for i, a in enumerate(heads) for b in heads[i + 1 :]), name
+    assert all(not np.array_equal(a, b) for i, a in enumerate(pictures) for b in pictures[i + 1 :])
 
 
 @pytest.mark.parametrize("missing", ["summary.json", "metrics.jsonl"])

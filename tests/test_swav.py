@@ -250,7 +250,9 @@ def test_swav_learns_on_cifar10(tmp_path) -> None:
     The 1-point margin sits 0.7 points below the lowest of the three gains (the test runs seed 0,
     +3.6) and fails for a method that does not learn (gain about 0) or collapses (negative gain,
     loss at ln K, std near 0). Spread embeddings give about 1 / sqrt(d), a collapsed one 0: the
-    0.3 / sqrt(d) bound sits about half way between the collapse and the lowest value measured."""
+    0.3 / sqrt(d) bound sits about half way between the collapse and the lowest value measured.
+    The loss must end 0.03 below ln K: the collapse sits at ln K to 4 decimals, the three runs
+    above ended 0.064 to 0.094 below it, so the margin is again about half way."""
     summary = learning_run(
         "swav", tmp_path, seed=0, epochs=6, lr=0.15, augment={"num_local": 2}, method_args={"epsilon": 0.03}
     )
@@ -258,6 +260,6 @@ def test_swav_learns_on_cifar10(tmp_path) -> None:
     assert gain > 0.01, summary
     losses = [r["loss"] for r in read_metrics(summary["run_dir"]) if "loss" in r]
     assert all(math.isfinite(loss) for loss in losses), losses
-    assert losses[-1] < math.log(300), losses  # ln K exactly is the uniform collapse
+    assert losses[-1] < math.log(300) - 0.03, losses  # ln K (to 4 decimals) is the uniform collapse
     std, dim = output_std(summary)
     assert std > 0.3 / math.sqrt(dim), std

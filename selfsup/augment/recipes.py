@@ -315,6 +315,11 @@ class PatchRecipe(Recipe):
             out = drop_channels(out, self.channel_drop_p, self.channel_drop_noise, generator, shard)
         return [out.view(batch, grid_h, grid_w, 3, per_patch.size, per_patch.size)]
 
+    @property
+    def num_views(self) -> int:
+        """One: the grid of patches (its two ``ViewSpec``s are steps of one view, not two views)."""
+        return 1
+
     def grid_shape(self) -> tuple[int, int]:
         """``(grid_h, grid_w)``: the grid cut from the whole-image view (``views[0].size`` px)."""
         grid = (self.views[0].size - self.patch_size) // self.stride + 1

@@ -48,7 +48,7 @@ class TrainConfig:
     augment: dict[str, Any] = field(default_factory=dict)  # overrides of the recipe's fields
     num_workers: int = 4  # decoding workers for streamed (large) folders
     # optimisation
-    epochs: int | None = None
+    epochs: int | None = None  # passes over the training set; default 100 (30 for the digits demo)
     max_steps: int | None = None  # stop after this many steps (smoke tests, benchmarks)
     batch_size: int | None = None  # global batch, over all processes
     optimizer: Literal["sgd", "lars", "adamw"] | None = None  # default: the method's
@@ -68,16 +68,18 @@ class TrainConfig:
     channels_last: bool = True  # NHWC memory format for images and convolutions (CUDA and CPU)
     compile: bool = False  # torch.compile the method's forward
     deterministic: bool = False  # deterministic kernels (CPU runs resume bit-exactly either way)
-    seed: int = 0
+    seed: int = 0  # initialization, data order, subsets and augmentations all follow from it
     # several processes (torchrun; docs/distributed.md)
     sync_bn: bool | None = None  # BN over the global batch across processes; None: the method's paper's choice
     # evaluation during training
     eval_every: int | None = None  # kNN on the test split every N epochs (0: only at the end)
-    knn_k: int | None = None  # None: min(200, labelled bank images per class), the same for the baseline
-    knn_temperature: float = 0.1
+    # neighbours that vote in the kNN monitor; None: min(200, labelled bank images per class) (InstDisc's
+    # k=200 once classes have 200 images), the same for the random-init baseline
+    knn_k: int | None = None
+    knn_temperature: float = 0.1  # vote weight exp(similarity / T) of the kNN monitor (InstDisc's T=0.1)
     online_probe: bool = False  # train a linear classifier on detached features (solo-learn style)
     # run directory, logging, checkpoints
-    run_dir: str = "runs"
+    run_dir: str = "runs"  # parent folder of the run directories
     name: str | None = None  # run name; default <method>-<data>-<time>
     log_every: int = 20  # steps between logged metrics
     checkpoint_every: int = 1  # epochs between checkpoints
@@ -143,6 +145,13 @@ class TrainConfig:
             )
         if self.eval_every is not None and self.eval_every < 0:
             raise ConfigError(f"eval_every must be >= 0, got {self.eval_every}.")
+        if self.min_lr_ratio > 1:
+            raise ConfigError(f"min_lr_ratio must be in [0, 1] (the cosine ends at lr * min_lr_ratio), got {self.min_lr_ratio}.")
+        if self.num_workers < 0:
+            raise ConfigError(f"num_workers must be >= 0, got {self.num_workers}.")
+        # The generators take seeds below 2**64, and the loader derives one per epoch from it.
+        if not 0 <= self.seed < 2**32:
+            raise ConfigError(f"seed must be in [0, 2**32), got {self.seed}.")
 
     def to_dict(self) -> dict[str, Any]:
         return to_dict(self)

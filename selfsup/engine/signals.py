@@ -43,6 +43,7 @@ class StopSignals:
         self.on_first, self.last_checkpoint = on_first, last_checkpoint
         self.signum: int | None = None
         self.time = 0.0
+        self._count = 0  # stop signals delivered (torchrun's copies not counted)
         self._previous: dict[int, Any] = {}
         self._old_wakeup: int | None = None
         self._sockets: tuple[socket.socket, socket.socket] | None = None
@@ -91,8 +92,12 @@ class StopSignals:
 
     # -- receiving -----------------------------------------------------------------------------
     def _handler(self, signum: int, frame: Any) -> None:
-        if self._sockets is None:  # no watcher: decide here (only between bytecodes)
+        if self._sockets is None:  # no watcher: count here (only between bytecodes)
             self._received(signum)
+        else:
+            # The watcher counts; recording the first request here as well means the loop sees it
+            # at its next check even if the watcher thread has not run yet.
+            self._first(signum)
 
     def _watch(self) -> None:
         sockets = self._sockets
@@ -110,18 +115,26 @@ class StopSignals:
                 if number in STOP_SIGNALS:
                     self._received(number)
 
-    def _received(self, signum: int) -> None:
+    def _first(self, signum: int) -> None:
         with self._lock:
-            now = time.monotonic()
-            if self.signum is None:
-                self.signum, self.time = signum, now
-                self.on_first(signum)
+            if self.signum is not None:
                 return
+            self.signum, self.time = signum, time.monotonic()
+        self.on_first(signum)
+
+    def _received(self, signum: int) -> None:
+        """One delivered stop signal: the first asks for a stop after the step, the second stops now."""
+        with self._lock:
             # torchrun passes on the signal it received, which the terminal may already have sent
             # to the workers: the same signal again at once is that copy, not a second request.
-            if self.world_size > 1 and signum == self.signum and now - self.time < DUPLICATE_WINDOW_S:
+            if (self._count and self.world_size > 1 and signum == self.signum
+                    and time.monotonic() - self.time < DUPLICATE_WINDOW_S):
                 return
-        self._stop_now(signum)
+            self._count += 1
+            second = self._count > 1
+        if second:
+            self._stop_now(signum)
+        self._first(signum)
 
     def _stop_now(self, signum: int) -> None:
         if self.announce:

@@ -24,9 +24,9 @@ from typing import Any
 
 import numpy as np
 import torch
-import yaml
 
 from ..augment import Recipe, create_recipe
+from ..config import safe_dump
 from ..data import BatchLoader, ImageSet, load_dataset
 from ..errors import ConfigError, DataError, NonFiniteLossError, SelfsupError, TrainingInterrupted
 from ..eval import extract_features, knn_accuracy
@@ -348,7 +348,7 @@ class Trainer:
         elif resume and self.is_main:
             print(f"selfsup: nothing to resume in '{self.run_dir}'; starting a new run there.", file=sys.stderr)
         if self.is_main:
-            text = yaml.safe_dump(self.config.to_dict(), sort_keys=False)
+            text = safe_dump(self.config.to_dict())
             try:
                 ckpt.atomic_write_bytes(self.run_dir / "config.yaml", text.encode())
             except OSError as exc:

@@ -36,7 +36,7 @@ class MoCoV3Config(MethodConfig):
     ema_momentum: float = 0.99
     embed_dim: int = 256  # output of projector and predictor (section 4)
     proj_hidden_dim: int = 4096  # hidden width of projector and predictor MLPs (section 4)
-    pred_hidden_dim: int = 4096
+    pred_hidden_dim: int = 4096  # hidden width of the predictor MLP (section 4; the official --mlp-dim, shared by both heads)
     proj_layers: int | None = None  # linear layers in the projector; None: 2 for ResNets, 3 for ViTs (section 4)
     # ViTs only: the random patch projection is initialized (Xavier-uniform, as the official code)
     # and frozen, the paper's fix for training instability (section 4.2, "stop-grad-conv1").

@@ -151,7 +151,7 @@ class TinyConvNet(nn.Sequential):
 
 
 @register_backbone("tiny")
-def tiny(image_size: int = 32, in_channels: int = 3, width: int = 32, norm: str = "bn", **_: Any) -> Backbone:
+def tiny(image_size: int = 32, in_channels: int = 3, width: int = 32, norm: str = "bn") -> Backbone:
     if norm not in ("bn", "ln"):
         raise ConfigError(f"backbone norm must be 'bn' or 'ln', got '{norm}'.")
     body = TinyConvNet(in_channels, width, norm)

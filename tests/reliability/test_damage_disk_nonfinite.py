@@ -1,13 +1,15 @@
-"""Damaged checkpoints are named and skipped; a full disk or an unwritable run directory is a clear
-error that leaves the previous checkpoint intact; NaN/Inf losses stop the run naming the step (or
-are skipped) and never reach a checkpoint."""
+"""Damaged checkpoints are named and skipped; a full disk (a file-size limit, and a real full
+filesystem) or an unwritable run directory is a clear error that leaves the previous checkpoint
+intact; NaN/Inf losses stop the run naming the step (or are skipped) and never reach a checkpoint."""
 
 from __future__ import annotations
 
 import json
+import os
 import re
 import resource
 import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -131,6 +133,41 @@ def test_disk_full_while_writing_a_checkpoint_is_a_clear_error_and_keeps_the_pre
     assert not temp_files(finished_copy) and not (finished_copy / "LOCK").exists()
 
 
+def test_a_real_full_disk_enospc_keeps_the_previous_checkpoint(reference_run: Path, tmp_path: Path, reference_model) -> None:
+    """A real ENOSPC, not a stand-in: the run directory lives on a small tmpfs that this test
+    mounts (as root; CI runs as root), filled until less room is left than one checkpoint but
+    plenty for a step's logs. The resumed run's first checkpoint write fails with "No space left
+    on device"; the previous checkpoints are intact and equal the uninterrupted run's."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(disk)], capture_output=True, text=True)
+    assert mounted.returncode == 0, (
+        "this test mounts a small tmpfs to fill it (mount -t tmpfs, which needs root; CI runs as root): "
+        f"mount exited {mounted.returncode}: {mounted.stderr.strip() or mounted.stdout.strip()}"
+    )
+    try:
+        run_dir = disk / "run"
+        shutil.copytree(reference_run, run_dir)
+        checkpoint_size = checkpoints(run_dir)[0].stat().st_size
+        room = checkpoint_size // 2  # logs and config.yaml of the step before the write need a few kB
+        assert room > 40_000, "a checkpoint must be much larger than what the run writes besides it"
+        stats = os.statvfs(disk)
+        with open(disk / "filler", "wb") as handle:
+            handle.write(b"\0" * (stats.f_bavail * stats.f_frsize - room))
+        result = run(tiny_args(disk, epochs=EPOCHS + 1) + ["--resume"])  # one more epoch to write
+        assert result.returncode == 2, result.stderr
+        no_traceback(result.stderr)
+        assert "could not write checkpoint" in result.stderr, result.stderr
+        assert "step-000000065.pt': No space left on device" in result.stderr, result.stderr
+        assert "The previous checkpoint is intact" in result.stderr
+        assert [step_of(p) for p in checkpoints(run_dir)] == [64, 63]
+        assert_same_parameters(final_model(run_dir), reference_model)
+        assert not temp_files(run_dir) and not (run_dir / "LOCK").exists()
+    finally:
+        unmounted = subprocess.run(["umount", str(disk)], capture_output=True, text=True)
+    assert unmounted.returncode == 0, unmounted.stderr
+
+
 def _finite(state: dict) -> bool:
     return all(bool(torch.isfinite(v).all()) for v in state["model"].values() if v.is_floating_point())
 
@@ -154,7 +191,7 @@ def test_injected_nan_stops_naming_the_step_and_inf_is_skipped_with_skip_nonfini
 
 
 def test_a_diverging_run_stops_and_never_checkpoints_nonfinite_parameters(tmp_path: Path) -> None:
-    """No injection: SGD at lr 1e30 really diverges within a few steps."""
+    """No injection: SGD at lr 1e30 really diverges within a few steps (at step 2)."""
     result = run(tiny_args(tmp_path, epochs=1, optimizer="sgd", lr="1e30"))
     assert result.returncode == 2, result.stderr
     no_traceback(result.stderr)
@@ -162,4 +199,9 @@ def test_a_diverging_run_stops_and_never_checkpoints_nonfinite_parameters(tmp_pa
     assert stopped, result.stderr
     step = int(stopped.group(1) or stopped.group(2))
     saved = checkpoints(tmp_path / "run")
-    assert all(step_of(p) <= step and _finite(load(p)) for p in saved)
+    # A checkpoint every step (tiny_args), kept 2: the newest finite ones up to the step that
+    # diverged (step 2 when measured, so there are checkpoints to check: never an empty all()).
+    steps = [step_of(p) for p in saved]
+    assert step >= 1 and steps, result.stderr
+    assert steps[0] in (step - 1, step) and steps == [steps[0] - i for i in range(min(2, steps[0]))], steps
+    assert all(_finite(load(p)) for p in saved)

@@ -11,8 +11,8 @@ from pathlib import Path
 
 from .conftest import EPOCHS
 from .helpers import (
-    STEPS_PER_EPOCH, assert_same_parameters, checkpoints, final_model, kill, logged_steps, no_traceback, run, run_batch,
-    start, step_of, text_of, tiny_args, wait_for,
+    STEPS_PER_EPOCH, assert_same_parameters, checkpoints, final_model, kill, no_traceback, run, run_batch, start, step_of,
+    text_of, tiny_args, wait_for,
 )
 from selfsup.engine.lock import read_holder
 
@@ -26,22 +26,25 @@ def _stopped_at(stderr: str, name: str) -> int:
 
 
 def test_sigterm_then_sigint_checkpoint_the_current_step_and_resume_continues_there(tmp_path: Path, reference_model) -> None:
+    """Each signal is sent while the run is held before a known step (the driver's pause hook),
+    so the run cannot finish first on a loaded machine, and the step it stops at is exact: the
+    signal arrives before step target + 1, which completes, then the checkpoint is saved."""
     # Checkpoints only at epoch ends, so the ones the signals write are visibly theirs.
     args = tiny_args(tmp_path, epochs=EPOCHS, checkpoint_every_steps=0)
     run_dir = tmp_path / "run"
     stopped = 0
     for attempt, (signum, name, status) in enumerate([(signal.SIGTERM, "SIGTERM", 143), (signal.SIGINT, "SIGINT", 130)]):
         err = tmp_path / f"stderr-{name}.txt"
-        process = start(args + (["--resume"] if attempt else []), stderr_path=err)
         target = stopped + 3 + attempt * STEPS_PER_EPOCH // 2
-        wait_for(lambda: logged_steps(run_dir) >= target, process, what=f"step {target}")
+        process = start(args + (["--resume"] if attempt else []), faults={"pause_at_step": target}, stderr_path=err)
+        wait_for(lambda: f"FAULT paused at step {target}" in text_of(err), process, what=f"the pause at step {target}")
         assert kill(process, signum) == status, text_of(err)
         text = text_of(err)
         no_traceback(text)
         if attempt:
             assert f"resumed from {run_dir / 'checkpoints'}/step-{stopped:09d}.pt" in text, text
         stopped = _stopped_at(text, name)
-        assert stopped >= target and step_of(checkpoints(run_dir)[0]) == stopped
+        assert stopped == target + 1 and step_of(checkpoints(run_dir)[0]) == stopped
     result = run(args + ["--resume"])
     assert result.returncode == 0, result.stderr
     # (A stop on an epoch's last step is saved as that epoch's end: the resumed run then does the
@@ -70,10 +73,13 @@ def test_second_process_refuses_a_locked_run_and_a_stale_lock_is_taken_over(tmp_
     # SIGKILL left the LOCK file behind, naming a process that no longer exists.
     assert read_holder(run_dir / "LOCK")["pid"] == str(first.pid)
     err = tmp_path / "resumed.txt"
-    resumed = start(args + ["--resume"], stderr_path=err)
     newest = step_of(checkpoints(run_dir)[0])
-    wait_for(lambda: logged_steps(run_dir) >= newest + 2 and "resumed from" in text_of(err), resumed, what="the resumed run")
+    assert newest == 2  # the third checkpoint was never renamed into place
+    resumed = start(args + ["--resume"], faults={"pause_at_step": newest + 2}, stderr_path=err)
+    wait_for(lambda: f"FAULT paused at step {newest + 2}" in text_of(err), resumed, what="the resumed run")
     assert kill(resumed, signal.SIGTERM) == 143
     text = text_of(err)
+    assert f"resumed from {run_dir / 'checkpoints'}/step-{newest:09d}.pt" in text, text
+    assert _stopped_at(text, "SIGTERM") == newest + 3
     assert f"taking over a stale lock in '{run_dir}' left by pid {first.pid}" in text, text
     assert not (run_dir / "LOCK").exists(), "the lock is released when the run stops"
