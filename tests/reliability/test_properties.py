@@ -78,15 +78,16 @@ def _assert_sane(given: dict, resolved: TrainConfig) -> None:
     for field in dataclasses.fields(TrainConfig):
         value = getattr(r, field.name)
         assert not isinstance(value, float) or math.isfinite(value), field.name
-    for name in ("epochs", "batch_size", "max_image_pixels", "lr", "knn_k", "knn_temperature", "log_every"):
+    for name in ("epochs", "batch_size", "max_image_pixels", "lr", "knn_temperature", "log_every"):
         assert getattr(r, name) > 0, name
-    for name in ("max_steps", "train_subset", "test_subset", "image_size", "grad_clip"):
+    # knn_k None: chosen from the kNN bank when it is known (eval.knn.choose_k)
+    for name in ("max_steps", "train_subset", "test_subset", "image_size", "grad_clip", "knn_k"):
         assert getattr(r, name) is None or getattr(r, name) > 0, name
     for name in ("weight_decay", "num_workers", "checkpoint_every", "checkpoint_every_steps"):
         assert getattr(r, name) >= 0, name
     for name in ("weight_decay_end", "eval_every"):
         assert getattr(r, name) is None or getattr(r, name) >= 0, name
-    assert 0 <= r.momentum < 1 and 0 <= r.min_lr_ratio <= 1 and r.keep_checkpoints >= 1
+    assert 0 <= r.momentum < 1 and 0 <= r.min_lr_ratio <= 1 and r.keep_checkpoints >= 1 and 0 <= r.val_fraction < 1
     # (A warmup longer than the run is allowed: `--config simclr_cifar10 --epochs 2` is a fair smoke test.)
     assert 0 <= r.warmup_epochs
     assert 0 <= r.seed < 2**32  # what numpy and torch's generators take (with room for per-epoch seeds)
