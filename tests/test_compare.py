@@ -50,10 +50,11 @@ def test_compare_reads_each_runs_files_into_markdown_and_csv(tmp_path_factory, t
 
 def test_compare_probe_knn_computes_and_records(tmp_path_factory, tmp_path, capsys) -> None:
     """`compare --probe knn` against an independent probe: the backbone as `load_backbone` gives
-    it, the same fixed subsets, and InstDisc's weighted kNN (k=200, T=0.1) written out here in
-    float64. 1,000 training images, so that the 200 neighbours are a choice (with fewer than k
-    every image votes and the majority class wins whatever the features); the predictions are
-    checked to spread over the classes, so the accuracy depends on the features."""
+    it, the same fixed subsets, and InstDisc's weighted kNN (T=0.1) written out here in float64,
+    with k = min(200, bank images per class) = 100 for 1,000 training images of 10 classes. The
+    100 neighbours are a choice (with k near the bank's size every image votes and the majority
+    class wins whatever the features); the predictions are checked to spread over the classes, so
+    the accuracy depends on the features."""
     run = tmp_path / "run"
     shutil.copytree(tiny_run(tmp_path_factory), run, ignore=shutil.ignore_patterns("evals.jsonl", "report"))
     (run / "summary.json").unlink()  # a run without a summary (e.g. interrupted): kNN must come from --probe
@@ -62,6 +63,8 @@ def test_compare_probe_knn_computes_and_records(tmp_path_factory, tmp_path, caps
     line = capsys.readouterr().out.strip().splitlines()[2]
     record = json.loads((run / "evals.jsonl").read_text().splitlines()[-1])
     assert record["probe"] == "knn" and record["settings"]["test_subset"] == 200
+    k = record["settings"]["k"]
+    assert k == 100 and f"| {k} |" in line  # the k rule, shown in the table
     assert f"{100 * record['learned']['top1']:.2f}%" in line and f"{100 * record['random']['top1']:.2f}%" in line
 
     backbone = load_backbone(run, device="cpu")
@@ -70,7 +73,7 @@ def test_compare_probe_knn_computes_and_records(tmp_path_factory, tmp_path, caps
     with torch.no_grad():
         bank = F.normalize(backbone(backbone.preprocess(train.images)).double(), dim=1)
         queries = F.normalize(backbone(backbone.preprocess(test.images)).double(), dim=1)
-    similarity, nearest = (queries @ bank.T).topk(200, dim=1)
+    similarity, nearest = (queries @ bank.T).topk(k, dim=1)
     weights, voters = (similarity / 0.1).exp(), train.labels[nearest]
     votes = torch.stack([(weights * (voters == c)).sum(1) for c in range(10)], dim=1)
     ranked = votes.argsort(dim=1, descending=True)

@@ -454,7 +454,6 @@ def estimate_run(trainer: Any) -> Estimate | None:
         check_memory(model, batch, available, device, what)
     _say(f"selfsup: timing one warm-up step (batch {batch}, {what})...", trainer)
     measured = _reset_peak(device)
-    before = _in_use(device) if device.type == "cuda" else None
     with preserved(method, device):
         method.train()
         start = time.perf_counter()
@@ -465,10 +464,11 @@ def estimate_run(trainer: Any) -> Estimate | None:
             torch.cuda.synchronize(device)
         seconds = time.perf_counter() - start
         del views, index
+    slots = optimizer_slots(config.optimizer, config.momentum)
     peak = _peak(device) if measured else None
-    if peak is not None and device.type == "cuda":
-        peak = max(0, peak - (before or 0)) + int(torch.cuda.memory_allocated(device))
-    elif peak is None and model is not None:
+    if peak is not None:  # the warm-up takes no optimizer step: its state comes on top
+        peak += slots * sum(p.numel() * p.element_size() for p in method.parameters() if p.requires_grad)
+    elif model is not None:
         peak = (_in_use(device) or 0) + model.new_bytes(batch)
     left = trainer.total_steps - trainer.state.step
     estimate = Estimate(seconds, trainer.steps_per_epoch, left, peak, available, _eval_seconds(trainer, seconds, batch))

@@ -56,11 +56,16 @@ class StopSignals:
             return  # signals reach the main thread only; a trainer run elsewhere cannot catch them
         try:
             reader, writer = socket.socketpair()
-            writer.setblocking(False)
-            self._old_wakeup = signal.set_wakeup_fd(writer.fileno(), warn_on_full_buffer=False)
-            self._sockets = (reader, writer)
-        except (ValueError, OSError):  # no wakeup descriptor here: the handler decides, between bytecodes
-            self._sockets = None
+        except OSError:
+            reader = writer = None
+        if reader is not None and writer is not None:
+            try:
+                writer.setblocking(False)
+                self._old_wakeup = signal.set_wakeup_fd(writer.fileno(), warn_on_full_buffer=False)
+                self._sockets = (reader, writer)
+            except (ValueError, OSError):  # no wakeup descriptor here: the handler decides, between bytecodes
+                reader.close()
+                writer.close()
         for signum in STOP_SIGNALS:
             try:
                 self._previous[signum] = signal.signal(signum, self._handler)
