@@ -506,7 +506,7 @@ class Trainer:
             torch.nn.utils.clip_grad_norm_(self.method.parameters(), config.grad_clip)
         self.method.before_optimizer_step(progress)
         self.optimizer.step()
-        distributed.average_batchnorm_statistics(self._local_bns)  # before EMA targets copy them
+        distributed.average_batchnorm_statistics(self._local_bns)  # every rank's BN statistics alike
         pairs = self.method.ema_pairs()
         if pairs:
             momentum = self.method.ema_momentum(progress)

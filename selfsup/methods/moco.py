@@ -72,8 +72,10 @@ class SubBatchNorm(nn.Module):
     It has BatchNorm's parameters and buffers, in the same order and under the same names (so
     state dicts and ``ema_update`` pair it with the query encoder's BN), but is deliberately not a
     ``_BatchNorm``: ``SyncBatchNorm.convert_sync_batchnorm`` must leave the key encoder's shuffled
-    statistics alone. Used only in MoCo's key encoder, whose running statistics are copied from the
-    query encoder after every step (``ema_update`` copies buffers), so they are not updated here.
+    statistics alone. Used only in MoCo's key encoder, which runs in training mode only (keys are
+    always normalized with their sub-batch's statistics), so its running statistics are never read
+    and are not tracked: they keep their initial values (the official code updates them as a side
+    effect of its key passes and never uses them either).
     """
 
     def __init__(self, bn: nn.modules.batchnorm._BatchNorm) -> None:
