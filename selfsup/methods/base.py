@@ -92,6 +92,20 @@ class Method(nn.Module):
         the architecture (MoCo v3: LARS for ResNets, AdamW for ViTs)."""
         return dict(cls.optim_defaults)
 
+    @classmethod
+    def defaults_for(cls, backbone: str, epochs: int) -> dict[str, Any]:
+        """The recipe this method trains with by default, for a backbone name and an epoch count:
+        TrainConfig fields (optimizer, lr, weight decay, schedule, LARS options...) and, under
+        ``"method_args"``, fields of the method's ``Config``. ``TrainConfig.resolve`` uses them
+        where the config leaves a field unset. Override where the paper's preset depends on the
+        epochs (BYOL, MoCo v3) or the architecture (DINO on a ResNet)."""
+        return cls.optim_defaults_for(backbone)
+
+    def describe(self) -> dict[str, Any]:
+        """Method-specific facts a run would use (temperatures, head sizes, queue and bank sizes),
+        for ``selfsup train --dry-run``; plain numbers, strings and lists."""
+        return {}
+
     def __init__(self, backbone: Backbone, config: MethodConfig) -> None:
         super().__init__()
         self.backbone = backbone
