@@ -169,3 +169,17 @@ class Method(nn.Module):
         from ..augment.recipes import IMAGENET_MEAN, IMAGENET_STD
 
         return ops.normalize(ops.to_float(images), IMAGENET_MEAN, IMAGENET_STD)
+
+
+def mlp_dims(module: nn.Module) -> dict[str, Any]:
+    """A head's shape for descriptions: the widths of its linear layers and where its BNs are
+    (``last_bn``: "affine", "scale" (no shift), "plain" or None)."""
+    linears = [m for m in module.modules() if isinstance(m, nn.Linear)]
+    norms = [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    children = list(module.children())
+    last = children[-1] if children else None
+    last_bn = None
+    if isinstance(last, nn.modules.batchnorm._BatchNorm):
+        last_bn = "plain" if last.weight is None else ("scale" if last.bias is None else "affine")
+    dims = [linears[0].in_features] + [m.out_features for m in linears] if linears else []
+    return {"dims": dims, "batch_norms": len(norms), "last_bn": last_bn}
