@@ -251,8 +251,14 @@ def test_swav_learns_on_cifar10(tmp_path) -> None:
     +3.6) and fails for a method that does not learn (gain about 0) or collapses (negative gain,
     loss at ln K, std near 0). Spread embeddings give about 1 / sqrt(d), a collapsed one 0: the
     0.3 / sqrt(d) bound sits about half way between the collapse and the lowest value measured."""
+    # Pinned: the defaults when the margin was measured (300 prototypes, no queue, 0.6 warmup epochs,
+    # cosine to 0, LARS with the update-norm ratio and biases/BN excluded, global crops of scale
+    # (0.14, 1)); the method now defaults to the official batch-256 script and, at 32 px, to
+    # solo-learn's two crops of scale (0.08, 1).
     summary = learning_run(
-        "swav", tmp_path, seed=0, epochs=6, lr=0.15, augment={"num_local": 2}, method_args={"epsilon": 0.03}
+        "swav", tmp_path, seed=0, epochs=6, lr=0.15, warmup_epochs=0.6, min_lr_ratio=0.0, lars_trust="update_norm",
+        exclude_bias_norm=True, augment={"num_local": 2, "global_scale": [0.14, 1.0]},
+        method_args={"epsilon": 0.03, "num_prototypes": 300, "queue_length": 0},
     )
     gain = summary["knn_top1"] - summary["knn_random_top1"]
     assert gain > 0.01, summary
