@@ -98,7 +98,8 @@ def build_schedules(config: TrainConfig, steps_per_epoch: int) -> Schedules:
         if config.lr_schedule == "step":
             milestones = [int(round(epoch * steps_per_epoch)) for epoch in config.lr_milestones]
         lr = step_schedule(peak, planned, milestones, config.lr_decay_factor, warmup, config.warmup_start_lr)
-    wd = cosine_schedule(config.weight_decay, config.weight_decay_end, planned) if config.weight_decay_end is not None else None
+    changes = config.weight_decay_end is not None and config.weight_decay_end != config.weight_decay
+    wd = cosine_schedule(config.weight_decay, config.weight_decay_end, planned) if changes else None
     total = min(planned, config.max_steps) if config.max_steps else planned
     return Schedules(lr, wd, min(warmup, planned), total, milestones)
 
@@ -171,6 +172,7 @@ class Built:
                 "momentum": config.momentum,
                 "groups": groups,
             },
+            "config_lr_decay_factor": config.lr_decay_factor,
             "schedule": {
                 "lr_schedule": config.lr_schedule,
                 "warmup_epochs": config.warmup_epochs,
@@ -225,7 +227,85 @@ def build(
     )
 
 
+def training_set_shape(config: TrainConfig, assume_samples: int | None = None) -> tuple[int, int, bool]:
+    """``(samples, image side, assumed)`` of a config's training set: read from the data when it
+    is here, or ``assume_samples`` images of the config's ``image_size`` (32 px for the built-in
+    sources, 64 for folders) when given, e.g. 1,281,167 for ImageNet-1k's train split."""
+    from ..data import load_dataset
+    from ..errors import DataError
+
+    if assume_samples is not None:
+        if assume_samples < 1:
+            raise ConfigError(f"--assume-samples must be >= 1, got {assume_samples}.")
+        builtin = config.data in ("digits", "cifar10", "cifar100")
+        side = config.image_size or (32 if builtin else 64)
+        samples = min(assume_samples, config.train_subset) if config.train_subset else assume_samples
+        return samples, side, True
+    try:
+        train = load_dataset(
+            config.data, "train", data_dir=config.data_dir, image_size=config.image_size, limit=config.train_subset,
+            seed=config.seed, max_image_pixels=config.max_image_pixels,
+        )
+    except DataError as exc:
+        raise ConfigError(
+            f"{exc} A dry run can describe the run without the data: pass --assume-samples N, the training-set size "
+            f"(ImageNet-1k: {IMAGENET_TRAIN_SAMPLES:,})."
+        ) from None
+    return len(train), int(train.image_size or 32), False
+
+
+def format_description(d: dict[str, Any]) -> str:
+    """:meth:`Built.describe` as the lines ``selfsup train --dry-run`` prints."""
+    data, opt, sched = d["data"], d["optimizer"], d["schedule"]
+    lines = [
+        f"method {d['method']} / backbone {d['backbone']} {d['backbone_args']}",
+        f"data {data['source']}: {data['train_samples']:,} training images{' (assumed)' if data['train_samples_assumed'] else ''} "
+        f"of {data['image_size']} px; batch {data['batch_size']}, {data['steps_per_epoch']:,} steps per epoch, "
+        f"{data['epochs']} epochs = {data['total_steps']:,} steps",
+        f"optimizer {opt['class']}: base lr {opt['base_lr']:g} ({opt['lr_scaling']} scaling) -> peak {opt['peak_lr']:g}, "
+        f"momentum {opt['momentum']}",
+    ]
+    for i, g in enumerate(opt["groups"]):
+        lars = (
+            f", LARS {'adapted' if g['lars_adapted'] else 'excluded'} (eta {g['lars_eta']:g}, clip_lr {g['lars_clip_lr']}, "
+            f"{g['lars_trust']})" if "lars_adapted" in g else ""
+        )
+        lines.append(
+            f"  group {i}: {g['tensors']} tensors, {g['parameters']:,} parameters, weight decay {g['weight_decay']:g}"
+            f"{'' if g['lr_scheduled'] else ', lr held at its peak'}{lars}"
+        )
+    lr = sched["lr"]
+    lines.append(
+        f"lr {sched['lr_schedule']}: {lr['start']:.6g} at step 0, {lr['end_of_warmup']:.6g} after {sched['warmup_steps']:,} warmup "
+        f"steps ({sched['warmup_epochs']:g} epochs), {lr['end']:.6g} at step {sched['steps']['end']:,}"
+        + (f"; x{d['config_lr_decay_factor']:g} at steps {sched['milestone_steps']}" if sched["milestone_steps"] else "")
+    )
+    wd = sched["weight_decay"]
+    lines.append(f"weight decay {wd['constant']:g} (constant)" if "constant" in wd else f"weight decay cosine {wd['start']:g} -> {wd['end']:g}")
+    if sched["grad_clip"]:
+        lines.append(f"gradient norm clipped to {sched['grad_clip']:g}")
+    if d["ema_momentum"]:
+        m = d["ema_momentum"]
+        lines.append(f"EMA momentum {m['start']:.6g} at step 0, {m['end_of_warmup']:.6g} after the warmup, {m['end']:.6g} at the end")
+    views = d["views"]
+    extra = {k: v for k, v in views.items() if k not in ("name", "views")}
+    lines.append(f"views: recipe {views['name']}{' ' + str(extra) if extra else ''}")
+    for v in views["views"]:
+        if not v["count"]:
+            continue
+        lines.append(
+            f"  {v['count']} x {v['size']} px: crop scale {tuple(v['crop_scale'])}, flip {v['flip_p']}, jitter p {v['jitter_p']} "
+            f"({v['brightness']}, {v['contrast']}, {v['saturation']}, {v['hue']}), grayscale {v['grayscale_p']}"
+            f"{' (before jitter)' if v['grayscale_first'] else ''}, blur {v['blur_p']}, solarize {v['solarize_p']}"
+        )
+    p = d["parameters"]
+    lines.append(f"parameters: {p['total']:,} ({p['trainable']:,} trainable; backbone {p['backbone']:,})")
+    if d["method_details"]:
+        lines.append("method: " + ", ".join(f"{k} {v}" for k, v in d["method_details"].items()))
+    return "\n".join(lines)
+
+
 __all__ = [
     "IMAGENET_TRAIN_SAMPLES", "Built", "Schedules", "build", "build_method", "build_optimizer_for", "build_recipe",
-    "build_schedules", "seed_everything", "steps_per_epoch",
+    "build_schedules", "format_description", "seed_everything", "steps_per_epoch", "training_set_shape",
 ]

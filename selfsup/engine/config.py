@@ -201,6 +201,47 @@ def resolve_config_path(name_or_path: str) -> Path:
     )
 
 
+def recipe_config_for(method: str, data: str) -> Path | None:
+    """The bundled config a run of ``method`` on a built-in source starts from when no config
+    file is given: ``<method>_<data>.yaml`` (CIFAR-100 falls back to the CIFAR-10 recipe, as
+    solo-learn's configs do: "change here for cifar100"), ``simclr_digits.yaml`` for the demo."""
+    names = {"cifar10": ["cifar10"], "cifar100": ["cifar100", "cifar10"], "digits": ["digits"]}.get(data, [])
+    for name in names:
+        path = CONFIG_DIR / f"{method}_{name}.yaml"
+        if path.is_file():
+            return path
+    return None
+
+
+def recipe_line(path: Path) -> str:
+    """A bundled config's first line, ``# recipe: ...``: the published recipe it reproduces."""
+    first = path.read_text().splitlines()[0] if path.is_file() else ""
+    return first.removeprefix("#").strip() or path.stem
+
+
+def build_run_config(
+    config_file: str | None, values: dict[str, Any] | None = None, overrides: list[str] | None = None
+) -> tuple[TrainConfig, str]:
+    """:func:`build_config` as ``selfsup train`` calls it, and one line naming the recipe applied.
+
+    Without a config file, the bundled recipe of the method on a built-in source
+    (:func:`recipe_config_for`: e.g. ``byol_cifar10.yaml`` for ``--method byol --data cifar10``) is
+    the base, under the command line's flags and overrides; elsewhere the method's defaults
+    (its paper's recipe for the backbone and epoch count, docs/recipes.md) apply."""
+    if config_file:
+        path = resolve_config_path(config_file)
+        note = recipe_line(path) if path.parent == CONFIG_DIR else f"config file {path}"
+        return build_config(config_file, values, overrides), note
+    given = {k: v for k, v in (values or {}).items() if v is not None}
+    parsed = parse_overrides(overrides or [])
+    method = parsed.get("method") if isinstance(parsed.get("method"), str) else given.get("method", TrainConfig.method)
+    data = parsed.get("data") if isinstance(parsed.get("data"), str) else given.get("data", TrainConfig.data)
+    bundled = recipe_config_for(str(method), str(data))
+    if bundled is not None:
+        return build_config(str(bundled), values, overrides), f"{recipe_line(bundled)} [{bundled.name}; --config to choose another]"
+    return build_config(None, values, overrides), f"recipe: {method}'s defaults (docs/recipes.md: the paper's recipe for this backbone and epoch count)"
+
+
 def build_config(config_file: str | None = None, values: dict[str, Any] | None = None, overrides: list[str] | None = None) -> TrainConfig:
     """Config file, then explicit values (e.g. from CLI flags), then ``key=value`` overrides.
 

@@ -195,7 +195,8 @@ class DINO(Method):
             },
             "center_momentum": c.center_momentum, "clip_grad": c.clip_grad,
             "freeze_last_layer_epochs": c.freeze_last_layer_epochs,
-            "student_max_drop_path": max(drop_paths, default=0.0), "teacher_max_drop_path": max(teacher_drop_paths, default=0.0),
+            "student_max_drop_path": round(float(max(drop_paths, default=0.0)), 6),
+            "teacher_max_drop_path": round(float(max(teacher_drop_paths, default=0.0)), 6),
         }
 
     @property
