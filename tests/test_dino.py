@@ -184,10 +184,35 @@ def _dino_config(tmp_path, data_dir, name: str, **overrides) -> TrainConfig:
     return TrainConfig(**values)
 
 
+def test_dino_defaults_per_backbone() -> None:
+    """ViTs: main_dino.py's AdamW recipe with the student's stochastic depth 0.1; convnets: the
+    README's ResNet-50 command (SGD 0.03, constant weight decay 1e-4, crops 0.14-1 / 0.05-0.14)."""
+    vit = TrainConfig(method="dino", backbone="vit_tiny", data="digits").resolve()
+    assert (vit.optimizer, vit.lr, vit.weight_decay, vit.weight_decay_end, vit.min_lr) == ("adamw", 5e-4, 0.04, 0.4, 1e-6)
+    assert vit.backbone_args["drop_path_rate"] == 0.1
+    convnet = TrainConfig(method="dino", backbone="resnet50", data="digits").resolve()
+    assert (convnet.optimizer, convnet.lr, convnet.weight_decay, convnet.weight_decay_end) == ("sgd", 0.03, 1e-4, None)
+    method = methods.create("dino", backbone=create_backbone("resnet18", 224), out_dim=64)
+    choice = method.default_recipe(224)
+    assert (choice.overrides["global_scale"], choice.overrides["local_scale"]) == ((0.14, 1.0), (0.05, 0.14))
+
+
+def test_teacher_has_no_stochastic_depth() -> None:
+    backbone = create_backbone("vit_tiny", 32, depth=2, drop_path_rate=0.1)
+    method = methods.create("dino", backbone=backbone, out_dim=64, hidden_dim=64)
+    student = [m.drop_prob for m in method.backbone.modules() if hasattr(m, "drop_prob")]
+    teacher = [m.drop_prob for m in method.teacher_backbone.modules() if hasattr(m, "drop_prob")]
+    assert student and max(student) > 0 and teacher and max(teacher) == 0.0
+    method.train()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():  # the teacher is deterministic in training mode (no dropped paths)
+        assert torch.equal(method.teacher_backbone(x), method.teacher_backbone(x))
+
+
 def test_engine_picks_dino_optimizer_defaults_and_freezes_last_layer(tmp_path, data_dir) -> None:
     trainer = Trainer(_dino_config(tmp_path, data_dir, "frozen"))  # 2 steps, both in epoch 0
     config = trainer.config
-    assert (config.optimizer, config.lr, config.weight_decay, config.weight_decay_end) == ("adamw", 5e-4, 0.04, 0.4)
+    assert (config.optimizer, config.lr, config.weight_decay, config.weight_decay_end) == ("sgd", 0.03, 1e-4, None)
     before = {k: v.clone() for k, v in trainer.method.state_dict().items()}
     trainer.fit()
     after = trainer.method.state_dict()
