@@ -123,7 +123,10 @@ def test_forward_leaves_center_alone_and_step_updates_it_with_teacher_mean() -> 
 
 
 def test_teacher_temperature_and_momentum_schedules() -> None:
-    method = _dino(out_dim=8)
+    # The README's boosted run (--teacher_temp 0.07 --warmup_teacher_temp_epochs 30); main_dino.py's
+    # default is 0.04 with no warmup.
+    assert _dino(out_dim=8).teacher_temperature(Progress(0, 1000, 10)) == pytest.approx(0.04)
+    method = _dino(out_dim=8, teacher_temperature=0.07, warmup_teacher_temperature_epochs=30)
     per_epoch = 10
 
     def temperature(epoch: float) -> float:

@@ -130,15 +130,16 @@ class TrainConfig:
             if key in values and values[key] is None:
                 values[key] = value
         # The method's own config fields it sets for this backbone/epoch count (e.g. BYOL's tau
-        # preset), unless the config sets them; recorded in the resolved config.yaml.
-        values["method_args"] = {**method_args, **values["method_args"]}
+        # preset), unless the config sets them. Every field of the method's config is recorded in
+        # the resolved config.yaml, so that a run rebuilds as it was trained whatever later
+        # defaults become (None keeps its documented rule, e.g. a size picked from the image side).
+        values["method_args"] = to_dict(make_config(self.method, {**method_args, **values["method_args"]}))
         # Backbone options the method needs (e.g. CPC's layer norm) unless the config sets them.
         values["backbone_args"] = {**method_backbone_args, **get(self.method).backbone_defaults, **values["backbone_args"]}
         if values["warmup_epochs"] is None:
             values["warmup_epochs"] = min(10.0, values["epochs"] / 10)
         resolved = from_dict(TrainConfig, values, "config")
         resolved.validate()
-        make_config(resolved.method, resolved.method_args)  # the merged method config is valid too
         return resolved
 
     def validate(self) -> None:
