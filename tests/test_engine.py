@@ -227,7 +227,8 @@ def test_schedules_of_a_config_follow_its_epochs() -> None:
     config = TrainConfig(method="simclr", data="digits", epochs=10, batch_size=256, lr=0.4, warmup_epochs=1,
                          warmup_start_lr=3e-5, min_lr=1e-3).resolve()
     s = build_schedules(config, steps_per_epoch=20)
-    assert s.lr[0] == pytest.approx(3e-5) and s.lr[20] == pytest.approx(0.4) and s.lr[-1] == pytest.approx(1e-3, rel=1e-3)
+    assert s.lr[0] == pytest.approx(3e-5) and s.lr[20] == pytest.approx(0.4)
+    assert 1e-3 <= s.lr[-1] < 1.05e-3  # the last of 180 cosine steps sits 0.4 x (pi / 180)^2 / 4 above its end
 
 
 def test_weight_decay_end_follows_weight_decay_unless_set() -> None:
