@@ -172,9 +172,9 @@ class Built:
                 "momentum": config.momentum,
                 "groups": groups,
             },
-            "config_lr_decay_factor": config.lr_decay_factor,
             "schedule": {
                 "lr_schedule": config.lr_schedule,
+                "lr_decay_factor": config.lr_decay_factor,
                 "warmup_epochs": config.warmup_epochs,
                 "warmup_steps": schedules.warmup_steps,
                 "milestone_steps": schedules.milestone_steps,
@@ -278,7 +278,7 @@ def format_description(d: dict[str, Any]) -> str:
     lines.append(
         f"lr {sched['lr_schedule']}: {lr['start']:.6g} at step 0, {lr['end_of_warmup']:.6g} after {sched['warmup_steps']:,} warmup "
         f"steps ({sched['warmup_epochs']:g} epochs), {lr['end']:.6g} at step {sched['steps']['end']:,}"
-        + (f"; x{d['config_lr_decay_factor']:g} at steps {sched['milestone_steps']}" if sched["milestone_steps"] else "")
+        + (f"; x{sched['lr_decay_factor']:g} at steps {sched['milestone_steps']}" if sched["milestone_steps"] else "")
     )
     wd = sched["weight_decay"]
     lines.append(f"weight decay {wd['constant']:g} (constant)" if "constant" in wd else f"weight decay cosine {wd['start']:g} -> {wd['end']:g}")
