@@ -72,11 +72,23 @@ def main() -> None:
         "gain": summary["knn_top1"] - summary["knn_random_top1"],
         "knn_by_epoch": [(r.get("epoch"), r["knn_top1"]) for r in records if "knn_top1" in r],
         "loss_first": losses[:1], "loss_last": losses[-1:], "projection": std,
-        "precision": summary.get("precision"), "channels_last": summary.get("channels_last"),
+        "precision": summary.get("precision"), "channels_last": summary.get("channels_last"), "commit": commit(),
         "seconds": round(time.time() - start, 1), "hardware": hardware("cpu"),
         "date": time.strftime("%Y-%m-%d"),
     }
     write(row, args.no_write)
+
+
+def commit() -> str | None:
+    """The checked-out commit (with "+" when the tree has changes): which code made a row."""
+    import subprocess
+
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "selfsup"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return head + ("+" if dirty else "")
 
 
 def write(row: dict, print_only: bool) -> None:

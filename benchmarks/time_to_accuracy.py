@@ -36,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import selfsup  # noqa: E402,F401  (sets OMP_WAIT_POLICY before torch loads)
 import torch  # noqa: E402
 from _common import DEFAULT_DATA_DIR, hardware, update_section  # noqa: E402
-from throughput import PILDataset, endless, loader_of  # noqa: E402
+from throughput import PILDataset, endless, endless_batches, loader_of  # noqa: E402
 
 from selfsup.data import load_dataset  # noqa: E402
 from selfsup.engine import TrainConfig, train  # noqa: E402
@@ -72,12 +72,14 @@ def selfsup_config(args: argparse.Namespace, tmp: str, steps_per_epoch: int, epo
 
 
 def run_selfsup(args: argparse.Namespace, train_set, test_set) -> dict:  # noqa: ANN001
-    from selfsup.engine import load_method
+    from selfsup.engine import Trainer, load_method
 
     steps_per_epoch = args.train_subset // args.batch_size
     with tempfile.TemporaryDirectory() as tmp:
-        calibration = train(selfsup_config(args, tmp, steps_per_epoch, 1000, max(3, int(args.calibrate * 2))))
-        rate = calibration["steps"] / calibration["wall_time_s"]
+        probe = Trainer(selfsup_config(args, tmp, steps_per_epoch, 1000, None))
+        batches = endless_batches(probe)
+        rate = steps_per_second(lambda: probe.train_step(next(batches).images, None), args.calibrate)
+        probe.close()
         steps = max(1, int(rate * args.minutes * 60))
         epochs = math.ceil(steps / steps_per_epoch)
         start = time.perf_counter()
@@ -87,6 +89,17 @@ def run_selfsup(args: argparse.Namespace, train_set, test_set) -> dict:  # noqa:
         accuracy = knn(method.backbone, train_set, test_set)
     return {"pipeline": "selfsup", "steps": summary["steps"], "wall_s": round(wall, 1), "train_s": summary["wall_time_s"],
             "images_per_s": summary["images_per_s"], "knn_top1": accuracy, "precision": summary.get("precision")}
+
+
+def steps_per_second(step, seconds: float, warmup: int = 2) -> float:  # noqa: ANN001
+    """Steps per second of ``step`` after ``warmup`` untimed steps (first-call set-up excluded)."""
+    for _ in range(warmup):
+        step()
+    start, done = time.perf_counter(), 0
+    while time.perf_counter() - start < seconds:
+        step()
+        done += 1
+    return done / (time.perf_counter() - start)
 
 
 def run_lightly(args: argparse.Namespace, train_set, test_set) -> dict:  # noqa: ANN001
@@ -113,11 +126,7 @@ def run_lightly(args: argparse.Namespace, train_set, test_set) -> dict:  # noqa:
         optimizer.step()
 
     model.train()
-    start, done = time.perf_counter(), 0
-    while time.perf_counter() - start < args.calibrate:  # calibration steps, then the model restarts
-        step(0, 1)
-        done += 1
-    rate = done / (time.perf_counter() - start)
+    rate = steps_per_second(lambda: step(0, 1), args.calibrate)  # then the model restarts from its seed
     torch.manual_seed(args.seed)
     backbone = create_backbone(args.backbone, image_size=train_set.image_size)
     model = torch.nn.Sequential(backbone, SimCLRProjectionHead(backbone.feature_dim, 2048, 128)).train()

@@ -18,8 +18,11 @@ from .errors import SelfsupError
 EPILOG_TRAIN = """\
 examples:
   selfsup train                                   # SimCLR on the built-in digits (~2 min on a CPU)
-  selfsup train --data cifar10 --epochs 200       # SimCLR on CIFAR-10 (ResNet-18 on a GPU, tiny on a CPU)
-  selfsup train --config simclr_cifar10 lr=0.4 method.temperature=0.2
+  selfsup train --data cifar10 --epochs 200       # SimCLR, ResNet-18, CIFAR-10 (simclr_cifar10.yaml)
+  selfsup train --method byol --data cifar10      # BYOL with its bundled CIFAR-10 recipe (byol_cifar10.yaml)
+  selfsup train --config simclr_cifar10 epochs=200 # the bundled recipe, shorter
+  selfsup train --method byol --data cifar10 --dry-run   # print what the run would use, then exit
+  selfsup train --config dino_imagenet --dry-run --json --assume-samples 1281167
   selfsup train --data ~/photos                   # your own folder: settings fit to this machine, an estimate first
   selfsup train --data ~/photos --init torchvision:resnet50.IMAGENET1K_V2   # continue from pretrained weights
   selfsup train --name myrun --resume             # continue a run from its last checkpoint
@@ -28,7 +31,9 @@ examples:
 
 key=value overrides set any config field (see the resolved config.yaml of a run);
 method.<field>, augment.<field> and backbone.<arg> set the method's config, the
-augmentation recipe and the backbone's arguments.
+augmentation recipe and the backbone's arguments. Without --config, a run on cifar10,
+cifar100 or digits starts from the method's bundled recipe for it when there is one
+(selfsup/configs/<method>_cifar10.yaml; docs/recipes.md); the line it prints names it.
 """
 
 
@@ -64,14 +69,26 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--run-dir", help="parent folder of runs (default runs)")
     p.add_argument("--seed", type=int)
     p.add_argument("--resume", action="store_true", help="continue the run --name from its newest good checkpoint")
+    p.add_argument(
+        "--dry-run", action="store_true",
+        help="build the method, optimizer, schedules and views, print what the run would use and exit (nothing is trained or written)",
+    )
+    p.add_argument("--json", action="store_true", help="with --dry-run: print it as one JSON object")
+    p.add_argument(
+        "--assume-samples", type=int, metavar="N",
+        help="with --dry-run: the training-set size, for data that is not on this machine (ImageNet-1k: 1281167)",
+    )
     p.add_argument("overrides", nargs="*", metavar="key=value", help="any config field, e.g. lr=0.3 method.temperature=0.2")
     p.set_defaults(func=cmd_train)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
     from .engine import build_config, distributed, train
+    from .engine.config import build_run_config
 
-    if args.devices is not None:
+    if (args.json or args.assume_samples is not None) and not args.dry_run:
+        raise SelfsupError("--json and --assume-samples describe a dry run: add --dry-run.")
+    if args.devices is not None and not args.dry_run:
         if args.devices < 1:
             raise SelfsupError(f"--devices must be >= 1, got {args.devices}.")
         if args.devices > 1 and distributed.requested_world_size() == 1:
@@ -83,13 +100,17 @@ def cmd_train(args: argparse.Namespace) -> int:
         "image_size": args.image_size, "device": args.device, "name": args.name, "run_dir": args.run_dir,
         "seed": args.seed,
     }
-    config = build_config(args.config, values, args.overrides)
+    config, recipe = build_run_config(args.config, values, args.overrides)
     if args.resume and not config.name:
         raise SelfsupError("--resume needs --name: the run to continue.")
     saved = Path(config.run_dir) / config.name / "config.yaml" if args.resume else None
     if saved is not None and saved.is_file() and not args.config:
         # Resume the run as it was configured (its config.yaml); flags and key=value given now override it.
-        config = build_config(str(saved), values, args.overrides)
+        config, recipe = build_config(str(saved), values, args.overrides), f"the run's own config, {saved}"
+    if args.dry_run:
+        return _dry_run(config, recipe, args)
+    if _rank() == 0:
+        print(f"selfsup: {recipe}", file=sys.stderr)
     try:
         summary = train(config, resume=args.resume)
     except BaseException:
@@ -98,6 +119,25 @@ def cmd_train(args: argparse.Namespace) -> int:
     distributed.shutdown(barrier=True)
     if _rank() == 0:
         _print_summary(summary)
+    return 0
+
+
+def _dry_run(config: Any, recipe: str, args: argparse.Namespace) -> int:
+    """Build everything a run would use on the meta device and print it; train nothing."""
+    from .engine.build import build, format_description, training_set_shape
+    from .engine.estimate import fit_defaults
+
+    config, note = fit_defaults(config)  # what the run would choose for this machine, as `train` does
+    if note:
+        print(note, file=sys.stderr)
+    resolved = config.resolve()
+    samples, image_size, assumed = training_set_shape(resolved, args.assume_samples)
+    description = {"recipe": recipe, **build(resolved, samples, image_size, samples_assumed=assumed).describe()}
+    if args.json:
+        print(json.dumps(description))
+    else:
+        print(f"selfsup: {recipe}")
+        print(format_description(description))
     return 0
 
 

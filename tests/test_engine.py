@@ -196,6 +196,85 @@ def test_lars_excludes_bias_and_norm_and_scales_by_trust_ratio() -> None:
         assert float((lr * wd * before[name]).abs().min()) > 1e-2  # a decay here would show
 
 
+def solo_learn_lars_step(w: torch.Tensor, g: torch.Tensor, lr: float, wd: float, eta: float, clip: bool) -> torch.Tensor:
+    """One momentum-free step of solo-learn's solo/utils/lars.py (a copy of Lightning Bolts'), written
+    out from its text: lars_lr = eta |w| / (|g| + wd |w| + eps); with clip_lars_lr, min(lars_lr / lr, 1);
+    then d_p = (g + wd w) * lars_lr and w -= lr * d_p."""
+    lars_lr = eta * float(w.norm()) / (float(g.norm()) + float(w.norm()) * wd + 1e-8)
+    if clip:
+        lars_lr = min(lars_lr / lr, 1.0)
+    return w - lr * (g + wd * w) * lars_lr
+
+
+@pytest.mark.parametrize("lr, clip", [(0.5, True), (1e-6, True), (0.5, False)])
+def test_larc_trust_ratio_and_clipping_match_solo_learn(lr: float, clip: bool) -> None:
+    """solo-learn's CIFAR recipes: eta 0.02, clip_lr, biases and norms excluded. With clipping the
+    trust ratio caps the learning rate (lr 0.5: the ratio, about 0.02 |w| / |g|, is the smaller);
+    at a tiny lr the lr itself is the step size (the ratio / lr is clipped to 1)."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(6, 5), torch.nn.BatchNorm1d(5))
+    optimizer = build_optimizer(
+        [{"params": list(model.parameters())}], "lars", lr=lr, weight_decay=1e-4, momentum=0.0,
+        lars_eta=0.02, lars_clip_lr=clip, lars_trust="larc",
+    )
+    w0, b0 = model[0].weight.detach().clone(), model[0].bias.detach().clone()
+    grads = {p: torch.randn_like(p) for p in model.parameters()}
+    for p, g in grads.items():
+        p.grad = g.clone()
+    optimizer.step()
+    want = solo_learn_lars_step(w0, grads[model[0].weight], lr, 1e-4, 0.02, clip)
+    torch.testing.assert_close(model[0].weight.detach(), want, rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(model[0].bias.detach(), b0 - lr * grads[model[0].bias])  # excluded: plain SGD
+    if clip and lr == 1e-6:
+        torch.testing.assert_close(model[0].weight.detach(), w0 - lr * (grads[model[0].weight] + 1e-4 * w0))
+
+
+def test_lars_without_exclusion_adapts_and_decays_biases_too() -> None:
+    """SwAV's apex LARC (and MoCo v3's ViT AdamW) treat every parameter alike."""
+    model = torch.nn.Linear(4, 3)
+    optimizer = build_optimizer([{"params": list(model.parameters())}], "lars", 0.1, 0.01, exclude_bias_norm=False)
+    assert len(optimizer.param_groups) == 1 and optimizer.param_groups[0]["weight_decay"] == 0.01
+    assert not optimizer.param_groups[0]["lars_exclude"]
+    adamw = build_optimizer([{"params": list(model.parameters())}], "adamw", 0.1, 0.1, exclude_bias_norm=False)
+    assert [g["weight_decay"] for g in adamw.param_groups] == [0.1]
+
+
+def test_step_schedule_drops_at_the_milestones() -> None:
+    from selfsup.engine.optim import step_schedule
+
+    lr = step_schedule(0.03, 200, [120, 160], 0.1)
+    assert lr[0] == lr[119] == 0.03 and lr[120] == pytest.approx(0.003) and lr[159] == pytest.approx(0.003)
+    assert lr[160] == pytest.approx(0.0003) and lr[-1] == pytest.approx(0.0003)
+    warm = step_schedule(1.0, 10, [5], 0.5, warmup_steps=2, warmup_start=0.2)
+    assert warm.tolist() == pytest.approx([0.2, 0.6, 1, 1, 1, 0.5, 0.5, 0.5, 0.5, 0.5])
+
+
+def test_schedules_of_a_config_follow_its_epochs() -> None:
+    """build_schedules: milestones in epochs become steps; warmup from warmup_start_lr; the cosine
+    ends at min_lr when set."""
+    from selfsup.engine.build import build_schedules
+
+    config = TrainConfig(method="instdisc", data="digits", epochs=10, batch_size=64, lr=0.03, lr_schedule="step",
+                         lr_milestones=[6, 8], lr_scaling="none").resolve()
+    s = build_schedules(config, steps_per_epoch=20)
+    assert s.milestone_steps == [120, 160] and s.lr[119] == pytest.approx(0.03) and s.lr[120] == pytest.approx(0.003)
+    config = TrainConfig(method="simclr", data="digits", epochs=10, batch_size=256, lr=0.4, warmup_epochs=1,
+                         warmup_start_lr=3e-5, min_lr=1e-3).resolve()
+    s = build_schedules(config, steps_per_epoch=20)
+    assert s.lr[0] == pytest.approx(3e-5) and s.lr[20] == pytest.approx(0.4)
+    assert 1e-3 <= s.lr[-1] < 1.05e-3  # the last of 180 cosine steps sits 0.4 x (pi / 180)^2 / 4 above its end
+
+
+def test_weight_decay_end_follows_weight_decay_unless_set() -> None:
+    """DINO's ViT recipe schedules 0.04 -> 0.4; a weight decay set alone is constant (finding 1)."""
+    vit = TrainConfig(method="dino", backbone="vit_tiny", data="digits").resolve()
+    assert (vit.weight_decay, vit.weight_decay_end) == (0.04, 0.4)
+    own = TrainConfig(method="dino", backbone="vit_tiny", data="digits", weight_decay=0.05).resolve()
+    assert (own.weight_decay, own.weight_decay_end) == (0.05, None)
+    both = TrainConfig(method="dino", backbone="vit_tiny", data="digits", weight_decay=0.05, weight_decay_end=0.5).resolve()
+    assert (both.weight_decay, both.weight_decay_end) == (0.05, 0.5)
+
+
 def test_config_errors_are_clear(tmp_path) -> None:
     with pytest.raises(ConfigError, match="Did you mean 'batch_size'"):
         build_config(None, None, ["batchsize=3"])

@@ -65,3 +65,22 @@ def test_slices_of_anchors_average_to_the_whole_batch() -> None:
     z1, z2 = torch.randn(8, 4, generator=generator), torch.randn(8, 4, generator=generator)
     halves = [nt_xent_anchors(z1[i : i + 4], z2[i : i + 4], z1, z2, i, 0.3) for i in (0, 4)]
     assert float(sum(halves) / 2) == pytest.approx(float(nt_xent(z1, z2, 0.3)), rel=1e-6)
+
+
+def test_simclr_defaults_are_the_official_code_s() -> None:
+    """google-research/simclr v1: projection_head keeps the backbone's width, 128 outputs, BN on both
+    layers and, on the output, a scale without a shift (center=False); temperature 0.5 on CIFAR-10
+    (README command) and 0.1 at ImageNet scale (run.py)."""
+    from selfsup import methods
+    from selfsup.nn import create_backbone
+
+    small = methods.create("simclr", backbone=create_backbone("tiny", 32))
+    linears = [m for m in small.projector if isinstance(m, torch.nn.Linear)]
+    assert [(m.in_features, m.out_features) for m in linears] == [(128, 128), (128, 128)]
+    last = small.projector[-1]
+    assert isinstance(last, torch.nn.BatchNorm1d) and last.weight is not None and last.bias is None
+    assert small.temperature == 0.5
+    assert methods.create("simclr", backbone=create_backbone("tiny", 96)).temperature == 0.1
+    solo = methods.create("simclr", backbone=create_backbone("tiny", 32), proj_hidden_dim=64, proj_batch_norm=False, proj_last_bn=False)
+    assert not any(isinstance(m, torch.nn.BatchNorm1d) for m in solo.projector)
+    assert all(m.bias is not None for m in solo.projector if isinstance(m, torch.nn.Linear))

@@ -46,11 +46,14 @@ def assert_uniform(values: torch.Tensor, lo: float, hi: float, bins: int = 10) -
 def reference_view(spec: ViewSpec, image: torch.Tensor, p: dict[str, torch.Tensor], i: int) -> torch.Tensor:
     """One image through torchvision.transforms.v2.functional, with sample ``i``'s parameters, in
     torchvision's order: RandomResizedCrop, RandomHorizontalFlip, RandomApply(ColorJitter) (its
-    four operations in the drawn order), RandomGrayscale, GaussianBlur, RandomSolarize, Normalize."""
+    four operations in the drawn order), RandomGrayscale, GaussianBlur, RandomSolarize, Normalize;
+    with ``grayscale_first``, RandomGrayscale before the jitter (InstDisc's and MoCo v1's order)."""
     top, left, height, width = (int(v) for v in p["box"][i].round().tolist())
     x = TF.resized_crop(image, top, left, height, width, [spec.size, spec.size], antialias=True)
     if p["flip"][i]:
         x = TF.horizontal_flip(x)
+    if spec.grayscale_first and spec.grayscale_p > 0 and p["grayscale"][i]:
+        x = TF.rgb_to_grayscale(x, num_output_channels=3)
     if spec.jitter_p > 0 and p["jitter"][i]:
         ops_in_order = [
             (spec.brightness, TF.adjust_brightness, "brightness"),
@@ -62,7 +65,7 @@ def reference_view(spec: ViewSpec, image: torch.Tensor, p: dict[str, torch.Tenso
             strength, fn, key = ops_in_order[op_index]
             if strength > 0:
                 x = fn(x, float(p[key][i]))
-    if spec.grayscale_p > 0 and p["grayscale"][i]:
+    if not spec.grayscale_first and spec.grayscale_p > 0 and p["grayscale"][i]:
         x = TF.rgb_to_grayscale(x, num_output_channels=3)
     if spec.blur_p > 0 and p["blur"][i]:
         k = ops.gaussian_kernel_size(spec.size, spec.blur_kernel_fraction)
@@ -81,6 +84,9 @@ SPECS = {
                         grayscale_p=0.3, blur_p=0.5, solarize_p=0.4),
     "byol_second_96": create_recipe("byol", 96).views[1],  # blur 0.1, solarize 0.2, 9 px kernel
     "local_16": ViewSpec(size=16, crop_scale=(0.05, 0.14), blur_p=0.5),  # multi-crop local view
+    # MoCo v1 / InstDisc: grayscale, then ColorJitter(0.4, 0.4, 0.4, 0.4) always applied.
+    "grayscale_first": ViewSpec(size=32, jitter_p=1.0, brightness=0.4, contrast=0.4, saturation=0.4, hue=0.4,
+                                grayscale_p=0.5, grayscale_first=True),
 }
 
 
@@ -273,6 +279,18 @@ def test_multicrop_two_global_and_n_local_views(size: int, local: int) -> None:
     if size == 32:
         views = recipe(torch.zeros(2, 32, 32, 3, dtype=torch.uint8), torch.Generator().manual_seed(0))
         assert [tuple(v.shape) for v in views] == [(2, 3, 32, 32)] * 2 + [(2, 3, 16, 16)] * 4
+
+
+@pytest.mark.parametrize("recipe", ["multicrop", "dino"])
+def test_the_global_size_never_reaches_the_local_crops(recipe: str) -> None:
+    """augment.size (or global_size) sets the global views' side; local views keep 96/224 of it,
+    or local_size: ImageNet stored at 256 px gives SwAV's and DINO's 224 / 96 px crops."""
+    views = create_recipe(recipe, 256, size=224).views
+    assert views[0].size == 224 and views[-1].size == 96
+    views = create_recipe(recipe, 256, global_size=224, local_size=112).views
+    assert views[0].size == 224 and views[-1].size == 112
+    with pytest.raises(ConfigError, match="disagree"):
+        create_recipe(recipe, 256, size=224, global_size=192)
 
 
 def test_cmc_lab_views_are_l_and_ab_of_one_crop(images) -> None:

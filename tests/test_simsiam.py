@@ -86,12 +86,17 @@ def views_of(images: torch.Tensor, seed: int = 0) -> list[torch.Tensor]:
 
 
 def test_architecture_and_defaults() -> None:
-    method = methods.create("simsiam", backbone=create_backbone("tiny", 32))
+    # The official 3-layer projector above 64 px (simsiam/builder.py), the paper's 2 layers on CIFAR
+    # (appendix D) at <= 64 px.
+    method = methods.create("simsiam", backbone=create_backbone("tiny", 96))
     layers = list(method.projector)
     linears = [(m.in_features, m.out_features) for m in layers if isinstance(m, torch.nn.Linear)]
     assert linears == [(method.feature_dim, 2048), (2048, 2048), (2048, 2048)]
     bns = [m for m in layers if isinstance(m, torch.nn.BatchNorm1d)]
     assert len(bns) == 3 and isinstance(layers[-1], torch.nn.BatchNorm1d) and not layers[-1].affine
+    small = methods.create("simsiam", backbone=create_backbone("tiny", 32))
+    assert [(m.in_features, m.out_features) for m in small.projector if isinstance(m, torch.nn.Linear)] == [
+        (small.feature_dim, 2048), (2048, 2048)]
     assert [(m.in_features, m.out_features) for m in method.predictor if isinstance(m, torch.nn.Linear)] == [(2048, 512), (512, 2048)]
     assert method.ema_pairs() == [] and not method.needs_index and method.sync_batchnorm
     resolved = TrainConfig(method="simsiam", data="cifar10").resolve()

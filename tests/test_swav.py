@@ -138,16 +138,19 @@ def test_swav_loss_in_float32_under_bf16_and_gradient_only_through_scores() -> N
 
 
 def test_default_prototypes_and_recipe() -> None:
+    # The official batch-256 script: 3,000 prototypes, a 3,840-long queue from epoch 15; 2 x 224 +
+    # 6 x 96 px crops; at <= 64 px two full-size crops of scale (0.08, 1) (solo-learn's CIFAR recipe).
     small = methods.create("swav", backbone=create_backbone("tiny", 32))
-    assert small.prototypes.weight.shape == (300, 128)
-    large = methods.create("swav", backbone=create_backbone("tiny", 224))
-    assert large.prototypes.weight.shape == (3000, 128)
-    assert small.prototypes.bias is None
-    torch.testing.assert_close(small.prototypes.weight.norm(dim=1), torch.ones(300))
+    assert small.prototypes.weight.shape == (3000, 128) and small.prototypes.bias is None
+    assert (small.config.queue_length, small.config.queue_start_epoch) == (3840, 15.0)
+    torch.testing.assert_close(small.prototypes.weight.norm(dim=1), torch.ones(3000))
     choice = small.default_recipe(32)
     recipe = create_recipe(choice.name, 32, **choice.overrides)
-    assert recipe.num_views == 8 and [v.size for v in recipe.views] == [32, 16]
+    assert recipe.num_views == 2 and recipe.views[0].size == 32 and recipe.views[0].crop_scale == (0.08, 1.0)
     assert recipe.views[0].brightness == 0.8  # SwAV's colour distortion at strength 1
+    choice = small.default_recipe(224)
+    recipe = create_recipe(choice.name, 224, **choice.overrides)
+    assert [(v.count, v.size, v.crop_scale) for v in recipe.views] == [(2, 224, (0.14, 1.0)), (6, 96, (0.05, 0.14))]
 
 
 def _swav_config(tmp_path, data_dir, name: str, epochs: int, max_steps: int | None = None, **method_args) -> TrainConfig:
@@ -253,8 +256,15 @@ def test_swav_learns_on_cifar10(tmp_path) -> None:
     0.3 / sqrt(d) bound sits about half way between the collapse and the lowest value measured.
     The loss must end 0.03 below ln K: the collapse sits at ln K to 4 decimals, the three runs
     above ended 0.064 to 0.094 below it, so the margin is again about half way."""
+
+    # Pinned: the defaults when the margin was measured (300 prototypes, no queue, 0.6 warmup epochs,
+    # cosine to 0, LARS with the update-norm ratio and biases/BN excluded, global crops of scale
+    # (0.14, 1)); the method now defaults to the official batch-256 script and, at 32 px, to
+    # solo-learn's two crops of scale (0.08, 1).
     summary = learning_run(
-        "swav", tmp_path, seed=0, epochs=6, lr=0.15, augment={"num_local": 2}, method_args={"epsilon": 0.03}
+        "swav", tmp_path, seed=0, epochs=6, lr=0.15, warmup_epochs=0.6, min_lr_ratio=0.0, lars_trust="update_norm",
+        exclude_bias_norm=True, augment={"num_local": 2, "global_scale": [0.14, 1.0]},
+        method_args={"epsilon": 0.03, "num_prototypes": 300, "queue_length": 0},
     )
     gain = summary["knn_top1"] - summary["knn_random_top1"]
     assert gain > 0.01, summary

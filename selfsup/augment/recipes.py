@@ -29,6 +29,8 @@ class ViewSpec:
 
     crop -> horizontal flip -> colour jitter (random order per sample, with probability
     ``jitter_p``) -> grayscale -> Gaussian blur -> solarization -> normalization.
+    ``grayscale_first`` swaps the two middle steps: grayscale, then jitter (InstDisc's and MoCo
+    v1's ImageNet pipeline, ``RandomGrayscale`` before ``ColorJitter``).
     """
 
     size: int = 32  # output side in pixels
@@ -42,6 +44,7 @@ class ViewSpec:
     saturation: float = 0.4
     hue: float = 0.1  # shift drawn from [-h, h] turns
     grayscale_p: float = 0.2
+    grayscale_first: bool = False  # grayscale before the colour jitter (InstDisc, MoCo v1)
     blur_p: float = 0.0
     blur_sigma: tuple[float, float] = (0.1, 2.0)
     blur_kernel_fraction: float = 0.1  # kernel side as a fraction of ``size`` (SimCLR: 10%)
@@ -101,9 +104,12 @@ class ViewSpec:
     def apply(self, x: torch.Tensor, params: dict[str, torch.Tensor]) -> torch.Tensor:
         """Apply the view to float images ``(B, 3, H, W)`` in [0, 1] with drawn ``params``."""
         x = ops.resized_crop(x, params["box"], self.size, params["flip"])
-        x = self._jitter(x, params)
+        if not self.grayscale_first:
+            x = self._jitter(x, params)
         if self.grayscale_p > 0:
             x = masked(params["grayscale"], lambda v: ops.rgb_to_grayscale(v).repeat(1, 3, 1, 1), x)
+        if self.grayscale_first:
+            x = self._jitter(x, params)
         if self.blur_p > 0:
             kernel = ops.gaussian_kernel_size(self.size, self.blur_kernel_fraction)
             x = masked(params["blur"], lambda v, s: ops.gaussian_blur(v, kernel, s), x, params["sigma"])
@@ -320,6 +326,13 @@ class PatchRecipe(Recipe):
         """One: the grid of patches (its two ``ViewSpec``s are steps of one view, not two views)."""
         return 1
 
+    def describe(self) -> dict[str, Any]:
+        grid = self.grid_shape()
+        return {
+            **super().describe(), "patch_size": self.patch_size, "stride": self.stride, "grid": list(grid),
+            "channel_drop_p": self.channel_drop_p,
+        }
+
     def grid_shape(self) -> tuple[int, int]:
         """``(grid_h, grid_w)``: the grid cut from the whole-image view (``views[0].size`` px)."""
         grid = (self.views[0].size - self.patch_size) // self.stride + 1
@@ -465,23 +478,43 @@ def byol(image_size: int, **overrides: Any) -> Recipe:
     return Recipe("byol", [first, second])
 
 
+def crop_sizes(image_size: int, overrides: dict[str, Any], global_size: int | None, local_size: int | None) -> tuple[int, int]:
+    """``(global, local)`` sides of a multi-crop recipe. ``size`` among the overrides is the
+    global side (a synonym of ``global_size``): it never reaches the local views. The local side
+    defaults to 96/224 of the global one (SwAV's and DINO's 224/96 px on ImageNet), in multiples
+    of 8 px."""
+    if "size" in overrides:
+        size = overrides.pop("size")
+        if global_size is not None and global_size != size:
+            raise ConfigError(f"augment.size ({size}) and augment.global_size ({global_size}) disagree; set one.")
+        global_size = size
+    global_size = int(global_size or image_size)
+    if local_size is None:
+        local_size = max(8, 8 * round(global_size * 96 / 224 / 8))
+    if global_size < 1 or local_size < 1:
+        raise ConfigError(f"crop sizes must be >= 1 px, got global {global_size} and local {local_size}.")
+    return global_size, int(local_size)
+
+
 def multicrop(
     image_size: int,
     num_local: int = 6,
+    global_size: int | None = None,
     local_size: int | None = None,
     global_scale: tuple[float, float] = (0.14, 1.0),
     local_scale: tuple[float, float] = (0.05, 0.14),
     **overrides: Any,
 ) -> Recipe:
-    """Multi-crop (SwAV, Caron et al. 2020, arXiv 2006.09882): 2 global views at the full size
-    with scale (0.14, 1) and ``num_local`` local views at 96/224 of it with scale (0.05, 0.14).
-    The colour pipeline is BYOL's (as in DINO); blur only on large images."""
+    """Multi-crop (SwAV, Caron et al. 2020, arXiv 2006.09882; official
+    ``scripts/swav_200ep_bs256_pretrain.sh``): 2 global views of ``global_size`` (default: the
+    stored side) with scale (0.14, 1) and ``num_local`` local views of ``local_size`` (default
+    96/224 of the global side) with scale (0.05, 0.14). The colour pipeline is BYOL's unless
+    overridden (SwAV overrides it with SimCLR's, as its official code); blur only on large images."""
     small = image_size <= SMALL_IMAGE
-    if local_size is None:
-        local_size = max(8, 8 * round(image_size * 96 / 224 / 8))
+    global_size, local_size = crop_sizes(image_size, overrides, global_size, local_size)
     common = dict(brightness=0.4, contrast=0.4, saturation=0.2, hue=0.1)
     globals_ = _spec(
-        overrides, **common, size=image_size, count=2, crop_scale=tuple(global_scale), blur_p=0.0 if small else 0.5
+        overrides, **common, size=global_size, count=2, crop_scale=tuple(global_scale), blur_p=0.0 if small else 0.5
     )
     locals_ = _spec(
         overrides, **common, size=local_size, count=num_local, crop_scale=tuple(local_scale), blur_p=0.0 if small else 0.5
@@ -492,20 +525,21 @@ def multicrop(
 def dino(
     image_size: int,
     num_local: int = 8,
+    global_size: int | None = None,
     local_size: int | None = None,
     global_scale: tuple[float, float] = (0.4, 1.0),
     local_scale: tuple[float, float] = (0.05, 0.4),
     **overrides: Any,
 ) -> Recipe:
     """DINO's multi-crop (Caron et al. 2021, arXiv 2104.14294; ``DataAugmentationDINO`` of the
-    official code): two global views at the full size, scale (0.4, 1), with BYOL's asymmetric
-    blur (p=1.0 / 0.1) and solarization (p=0 / 0.2), and ``num_local`` local views at 96/224 of
-    the size, scale (0.05, 0.4), blur p=0.5; colour as BYOL's. Blur only on large images (as in
-    ``byol``). Without local views the official code recommends ``global_scale=[0.14, 1]``."""
+    official code): two global views of ``global_size`` (default: the stored side), scale
+    (0.4, 1), with BYOL's asymmetric blur (p=1.0 / 0.1) and solarization (p=0 / 0.2), and
+    ``num_local`` local views of ``local_size`` (default 96/224 of the global side), scale
+    (0.05, 0.4), blur p=0.5; colour as BYOL's. Blur only on large images (as in ``byol``).
+    Without local views the official code recommends ``global_scale=[0.14, 1]``."""
     small = image_size <= SMALL_IMAGE
-    if local_size is None:
-        local_size = max(8, 8 * round(image_size * 96 / 224 / 8))
-    common = dict(brightness=0.4, contrast=0.4, saturation=0.2, hue=0.1, crop_scale=tuple(global_scale), size=image_size)
+    global_size, local_size = crop_sizes(image_size, overrides, global_size, local_size)
+    common = dict(brightness=0.4, contrast=0.4, saturation=0.2, hue=0.1, crop_scale=tuple(global_scale), size=global_size)
     first = _spec(overrides, **common, blur_p=0.0 if small else 1.0, solarize_p=0.0)
     second = _spec(overrides, **common, blur_p=0.0 if small else 0.1, solarize_p=0.2)
     local_common = {**common, "size": local_size, "crop_scale": tuple(local_scale)}

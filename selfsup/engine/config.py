@@ -18,6 +18,13 @@ SOURCE_DEFAULTS: dict[str, dict[str, Any]] = {
     "digits": {"backbone": "tiny", "epochs": 30, "batch_size": 256, "eval_every": 10},
 }
 GENERIC_DEFAULTS: dict[str, Any] = {"backbone": "resnet18", "epochs": 100, "batch_size": 256, "eval_every": 10}
+# Optimisation fields a method may set (Method.defaults_for); these are used where neither the
+# config nor the method does.
+ENGINE_DEFAULTS: dict[str, Any] = {
+    "optimizer": "sgd", "lr": 0.05, "weight_decay": 5e-4, "grad_clip": None, "lr_scaling": "linear",
+    "min_lr_ratio": 0.0, "lr_schedule": "cosine", "lr_milestones": [], "lr_decay_factor": 0.1,
+    "warmup_start_lr": 0.0, "momentum": 0.9, "lars_eta": 0.001, "lars_clip_lr": False, "lars_trust": "update_norm",
+}
 
 
 @dataclass
@@ -51,14 +58,27 @@ class TrainConfig:
     epochs: int | None = None  # passes over the training set; default 100 (30 for the digits demo)
     max_steps: int | None = None  # stop after this many steps (smoke tests, benchmarks)
     batch_size: int | None = None  # global batch, over all processes
+    # Unset optimisation fields (None) take the method's defaults (Method.defaults_for: the
+    # paper's recipe for the backbone and the epoch count), then the engine's (ENGINE_DEFAULTS).
     optimizer: Literal["sgd", "lars", "adamw"] | None = None  # default: the method's
-    lr: float | None = None  # base learning rate per 256 images; default: the method's
-    lr_scaling: Literal["linear", "sqrt", "none"] = "linear"  # lr = base * B / 256 (linear)
-    min_lr_ratio: float = 0.0  # the cosine ends at lr * min_lr_ratio
+    lr: float | None = None  # base learning rate per 256 images (see lr_scaling); default: the method's
+    lr_scaling: Literal["linear", "sqrt", "none"] | None = None  # peak = base * B / 256 (linear), base * sqrt(B) / 16, base (none)
+    lr_schedule: Literal["cosine", "step", "constant"] | None = None  # after the warmup; default cosine
+    lr_milestones: list[float] | None = None  # step schedule: epochs where the lr is multiplied by lr_decay_factor
+    lr_decay_factor: float | None = None  # step schedule factor (default 0.1)
+    min_lr_ratio: float | None = None  # the cosine ends at peak * min_lr_ratio (default 0)
+    min_lr: float | None = None  # the cosine ends at this absolute lr instead (DINO's 1e-6)
     warmup_epochs: float | None = None  # linear warmup; default min(10, epochs / 10)
+    warmup_start_lr: float | None = None  # the warmup starts at this absolute lr (default 0; solo-learn 3e-5)
     weight_decay: float | None = None  # default: the method's
-    weight_decay_end: float | None = None  # cosine weight-decay schedule to this value (DINO)
-    momentum: float = 0.9  # SGD/LARS momentum
+    # Cosine weight-decay schedule to this value (DINO). Unset, it follows weight_decay: it takes
+    # the method's value only when weight_decay is the method's too.
+    weight_decay_end: float | None = None
+    exclude_bias_norm: bool | None = None  # no weight decay (nor LARS ratio) on biases and norms; default: LARS/AdamW yes, SGD no
+    momentum: float | None = None  # SGD/LARS momentum (default 0.9)
+    lars_eta: float | None = None  # LARS trust coefficient (default 0.001; solo-learn's CIFAR recipes 0.02)
+    lars_clip_lr: bool | None = None  # LARC's clipping: the trust ratio caps the lr instead of scaling it
+    lars_trust: Literal["update_norm", "larc"] | None = None  # |g + wd w| (SimCLR, BYOL, MoCo v3) or |g| + wd |w| (apex LARC: SwAV, solo-learn)
     grad_clip: float | None = None  # clip the global gradient norm; default: the method's
     # precision and speed
     device: str = "auto"  # auto | cpu | cuda | cuda:N
@@ -89,10 +109,14 @@ class TrainConfig:
     progress: bool = True  # progress bar
 
     def method_defaults(self) -> dict[str, Any]:
+        """The method's defaults for this config's backbone and epoch count (``Method.defaults_for``):
+        TrainConfig fields, and under ``method_args`` fields of the method's config."""
         from ..methods import get
 
-        backbone = self.backbone or SOURCE_DEFAULTS.get(self.data, GENERIC_DEFAULTS).get("backbone", GENERIC_DEFAULTS["backbone"])
-        return get(self.method).optim_defaults_for(backbone)
+        source = SOURCE_DEFAULTS.get(self.data, GENERIC_DEFAULTS)
+        backbone = self.backbone or source.get("backbone", GENERIC_DEFAULTS["backbone"])
+        epochs = self.epochs or source.get("epochs", GENERIC_DEFAULTS["epochs"])
+        return get(self.method).defaults_for(backbone, epochs)
 
     def resolve(self) -> TrainConfig:
         """Fill every ``None`` from the method's and the data source's defaults, then validate."""
@@ -102,12 +126,26 @@ class TrainConfig:
         make_config(self.method, self.method_args)  # unknown method keys -> error
         values = dataclasses.asdict(self)
         source = SOURCE_DEFAULTS.get(self.data, GENERIC_DEFAULTS)
-        optim = {"optimizer": "sgd", "lr": 0.05, "weight_decay": 5e-4, "grad_clip": None, **self.method_defaults()}
-        for key, value in {**GENERIC_DEFAULTS, **source, **optim}.items():
+        method = dict(self.method_defaults())
+        method_args = method.pop("method_args", {})
+        method_backbone_args = method.pop("backbone_args", {})
+        unknown = [k for k in method if k not in values]
+        if unknown:
+            raise ConfigError(f"method '{self.method}' gives defaults for unknown config fields {unknown}.")
+        if self.weight_decay is not None and self.weight_decay_end is None:
+            # A weight decay set by the config is constant unless its end is set too: the
+            # method's end value belongs to the method's start value (DINO's 0.04 -> 0.4).
+            method.pop("weight_decay_end", None)
+        for key, value in {**GENERIC_DEFAULTS, **source, **ENGINE_DEFAULTS, **method}.items():
             if key in values and values[key] is None:
                 values[key] = value
+        # The method's own config fields it sets for this backbone/epoch count (e.g. BYOL's tau
+        # preset), unless the config sets them. Every field of the method's config is recorded in
+        # the resolved config.yaml, so that a run rebuilds as it was trained whatever later
+        # defaults become (None keeps its documented rule, e.g. a size picked from the image side).
+        values["method_args"] = to_dict(make_config(self.method, {**method_args, **values["method_args"]}))
         # Backbone options the method needs (e.g. CPC's layer norm) unless the config sets them.
-        values["backbone_args"] = {**get(self.method).backbone_defaults, **values["backbone_args"]}
+        values["backbone_args"] = {**method_backbone_args, **get(self.method).backbone_defaults, **values["backbone_args"]}
         if values["warmup_epochs"] is None:
             values["warmup_epochs"] = min(10.0, values["epochs"] / 10)
         resolved = from_dict(TrainConfig, values, "config")
@@ -126,17 +164,26 @@ class TrainConfig:
             positive(name)
         if self.lr is not None and self.lr <= 0:
             raise ConfigError(f"lr must be > 0, got {self.lr}.")
-        for name in ("weight_decay", "weight_decay_end", "warmup_epochs", "min_lr_ratio"):
+        for name in ("weight_decay", "weight_decay_end", "warmup_epochs", "min_lr_ratio", "min_lr", "warmup_start_lr"):
             value = getattr(self, name)
             if value is not None and value < 0:
                 raise ConfigError(f"{name} must be >= 0, got {value}.")
+        if self.lars_eta is not None and self.lars_eta <= 0:
+            raise ConfigError(f"lars_eta must be > 0, got {self.lars_eta} (LARS: 0.001; solo-learn's CIFAR recipes: 0.02).")
+        if self.lr_decay_factor is not None and not 0 < self.lr_decay_factor <= 1:
+            raise ConfigError(f"lr_decay_factor must be in (0, 1], got {self.lr_decay_factor}.")
+        if self.lr_milestones is not None:
+            if any(m < 0 for m in self.lr_milestones) or list(self.lr_milestones) != sorted(self.lr_milestones):
+                raise ConfigError(f"lr_milestones must be increasing epochs >= 0, got {self.lr_milestones}.")
+            if self.lr_schedule == "step" and not self.lr_milestones:
+                raise ConfigError("lr_schedule=step needs lr_milestones (epochs where the lr drops), e.g. lr_milestones=[120,160].")
         if self.grad_clip is not None and self.grad_clip <= 0:
             raise ConfigError(f"grad_clip must be > 0 (or null to disable), got {self.grad_clip}.")
         if not 0 <= self.val_fraction < 1:
             raise ConfigError(f"val_fraction must be in [0, 1) (the share of each class held out), got {self.val_fraction}.")
         if (self.knn_k is not None and self.knn_k <= 0) or self.knn_temperature <= 0:
             raise ConfigError(f"knn_k and knn_temperature must be > 0, got {self.knn_k} and {self.knn_temperature}.")
-        if not 0 <= self.momentum < 1:
+        if self.momentum is not None and not 0 <= self.momentum < 1:
             raise ConfigError(f"momentum must be in [0, 1), got {self.momentum}.")
         if self.log_every <= 0 or self.checkpoint_every < 0 or self.checkpoint_every_steps < 0 or self.keep_checkpoints < 1:
             raise ConfigError(
@@ -172,6 +219,47 @@ def resolve_config_path(name_or_path: str) -> Path:
         f"config '{name_or_path}' is neither a file nor a bundled config.{closest(name_or_path, names)} "
         f"Bundled: {', '.join(names)}."
     )
+
+
+def recipe_config_for(method: str, data: str) -> Path | None:
+    """The bundled config a run of ``method`` on a built-in source starts from when no config
+    file is given: ``<method>_<data>.yaml`` (CIFAR-100 falls back to the CIFAR-10 recipe, as
+    solo-learn's configs do: "change here for cifar100"), ``simclr_digits.yaml`` for the demo."""
+    names = {"cifar10": ["cifar10"], "cifar100": ["cifar100", "cifar10"], "digits": ["digits"]}.get(data, [])
+    for name in names:
+        path = CONFIG_DIR / f"{method}_{name}.yaml"
+        if path.is_file():
+            return path
+    return None
+
+
+def recipe_line(path: Path) -> str:
+    """A bundled config's first line, ``# recipe: ...``: the published recipe it reproduces."""
+    first = path.read_text().splitlines()[0] if path.is_file() else ""
+    return first.removeprefix("#").strip() or path.stem
+
+
+def build_run_config(
+    config_file: str | None, values: dict[str, Any] | None = None, overrides: list[str] | None = None
+) -> tuple[TrainConfig, str]:
+    """:func:`build_config` as ``selfsup train`` calls it, and one line naming the recipe applied.
+
+    Without a config file, the bundled recipe of the method on a built-in source
+    (:func:`recipe_config_for`: e.g. ``byol_cifar10.yaml`` for ``--method byol --data cifar10``) is
+    the base, under the command line's flags and overrides; elsewhere the method's defaults
+    (its paper's recipe for the backbone and epoch count, docs/recipes.md) apply."""
+    if config_file:
+        path = resolve_config_path(config_file)
+        note = recipe_line(path) if path.parent == CONFIG_DIR else f"config file {path}"
+        return build_config(config_file, values, overrides), note
+    given = {k: v for k, v in (values or {}).items() if v is not None}
+    parsed = parse_overrides(overrides or [])
+    method = parsed.get("method") if isinstance(parsed.get("method"), str) else given.get("method", TrainConfig.method)
+    data = parsed.get("data") if isinstance(parsed.get("data"), str) else given.get("data", TrainConfig.data)
+    bundled = recipe_config_for(str(method), str(data))
+    if bundled is not None:
+        return build_config(str(bundled), values, overrides), f"{recipe_line(bundled)} [{bundled.name}; --config to choose another]"
+    return build_config(None, values, overrides), f"recipe: {method}'s defaults (docs/recipes.md: the paper's recipe for this backbone and epoch count)"
 
 
 def build_config(config_file: str | None = None, values: dict[str, Any] | None = None, overrides: list[str] | None = None) -> TrainConfig:

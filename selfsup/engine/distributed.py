@@ -207,8 +207,10 @@ class GlobalBatchNorm(_BatchNorm):
         centred = xf - mean.view(shape)
         var = all_reduce_sum_with_grad((centred * centred).sum(dims)) / count
         y = centred * torch.rsqrt(var + self.eps).view(shape)
-        if self.affine:
-            y = y * self.weight.view(shape) + self.bias.view(shape)
+        if self.weight is not None:
+            y = y * self.weight.view(shape)
+        if self.bias is not None:  # None: a scale without a shift (SimCLR's last projector BN)
+            y = y + self.bias.view(shape)
         if self.track_running_stats and self.running_mean is not None:
             with torch.no_grad():
                 self.num_batches_tracked.add_(1)
@@ -234,7 +236,11 @@ def _global_from(bn: _BatchNorm) -> GlobalBatchNorm:
     out = GlobalBatchNorm(bn.num_features, bn.eps, bn.momentum, bn.affine, bn.track_running_stats)
     # The same Parameter and buffer objects: optimizers and state-dict keys are unaffected.
     if bn.affine:
-        out.weight, out.bias = bn.weight, bn.bias
+        out.weight = bn.weight
+        if bn.bias is None:
+            out.register_parameter("bias", None)
+        else:
+            out.bias = bn.bias
     out.running_mean, out.running_var, out.num_batches_tracked = bn.running_mean, bn.running_var, bn.num_batches_tracked
     out.train(bn.training)
     return out

@@ -12,11 +12,21 @@ from ..errors import ConfigError
 
 
 class LARS(torch.optim.Optimizer):
-    """LARS as SimCLR and BYOL use it (You et al. 2017, arXiv 1708.03888; SimCLR appendix B.1).
+    """LARS (You et al. 2017, arXiv 1708.03888) in the two forms the reference code uses.
 
-    For each parameter the update is SGD with momentum on ``g + wd * w``, scaled by the trust
-    ratio ``eta * |w| / |g + wd * w|``. Groups with ``lars_exclude=True`` (biases and
-    normalization weights) get neither weight decay nor the trust ratio, as in the official code.
+    For each parameter the update is SGD with momentum on ``u = g + wd * w`` scaled by a trust
+    ratio ``r``:
+
+    - ``trust="update_norm"`` (SimCLR appendix B.1, BYOL, MoCo v3 ``moco/optimizer.py``):
+      ``r = eta * |w| / |g + wd * w|``;
+    - ``trust="larc"`` (NVIDIA apex's LARC, used by SwAV's ``main_swav.py``, and solo-learn's
+      ``solo/utils/lars.py``): ``r = eta * |w| / (|g| + wd * |w| + 1e-8)``.
+
+    With ``clip_lr`` (LARC's clipping mode, solo-learn's ``clip_lars_lr``) the ratio becomes
+    ``min(r / lr, 1)``: the step of a layer is ``min(r, lr) * u``, i.e. the trust ratio caps the
+    learning rate instead of multiplying it. ``r`` is 1 where ``|w|`` or ``|g|`` is 0. Groups with
+    ``lars_exclude=True`` (biases and normalization weights) get neither weight decay nor the
+    ratio, as in the official code.
     """
 
     def __init__(
@@ -27,8 +37,15 @@ class LARS(torch.optim.Optimizer):
         weight_decay: float = 0.0,
         eta: float = 0.001,
         nesterov: bool = False,
+        clip_lr: bool = False,
+        trust: str = "update_norm",
     ) -> None:
-        defaults = dict(lr=lr, momentum=momentum, weight_decay=weight_decay, eta=eta, nesterov=nesterov, lars_exclude=False)
+        if trust not in ("update_norm", "larc"):
+            raise ConfigError(f"unknown LARS trust ratio '{trust}'; use update_norm or larc.")
+        defaults = dict(
+            lr=lr, momentum=momentum, weight_decay=weight_decay, eta=eta, nesterov=nesterov, lars_exclude=False,
+            clip_lr=clip_lr, trust=trust,
+        )
         super().__init__(params, defaults)
 
     @torch.no_grad()
@@ -40,14 +57,21 @@ class LARS(torch.optim.Optimizer):
                 continue
             grads = [p.grad for p in params]
             if not group["lars_exclude"]:
-                if group["weight_decay"]:
-                    grads = torch._foreach_add(grads, params, alpha=group["weight_decay"])
+                wd = group["weight_decay"]
+                larc = group.get("trust", "update_norm") == "larc"
                 param_norms = torch._foreach_norm(params)
-                grad_norms = torch._foreach_norm(grads)
+                raw_norms = torch._foreach_norm(grads)
+                if wd:
+                    grads = torch._foreach_add(grads, params, alpha=wd)
+                update_norms = raw_norms if larc else torch._foreach_norm(grads)
                 scales = []
-                for w_norm, g_norm in zip(param_norms, grad_norms):
-                    trust = group["eta"] * w_norm / g_norm
-                    scales.append(torch.where((w_norm > 0) & (g_norm > 0), trust, torch.ones_like(trust)))
+                for w_norm, g_norm, u_norm in zip(param_norms, raw_norms, update_norms):
+                    denominator = g_norm + wd * w_norm + 1e-8 if larc else u_norm
+                    ratio = group["eta"] * w_norm / denominator
+                    if group.get("clip_lr", False):
+                        ratio = torch.clamp(ratio / group["lr"], max=1.0)
+                    valid = (w_norm > 0) & ((g_norm if larc else u_norm) > 0)
+                    scales.append(torch.where(valid, ratio, torch.ones_like(ratio)))
                 grads = torch._foreach_mul(grads, scales)
             for p, g in zip(params, grads):
                 state = self.state[p]
@@ -72,19 +96,25 @@ def split_decay(named_params: Iterable[tuple[str, torch.nn.Parameter]]) -> tuple
 
 
 def build_optimizer(
-    groups: list[dict[str, Any]], name: str, lr: float, weight_decay: float, momentum: float = 0.9, betas: tuple[float, float] = (0.9, 0.999)
+    groups: list[dict[str, Any]], name: str, lr: float, weight_decay: float, momentum: float = 0.9,
+    betas: tuple[float, float] = (0.9, 0.999), exclude_bias_norm: bool | None = None, lars_eta: float = 0.001,
+    lars_clip_lr: bool = False, lars_trust: str = "update_norm",
 ) -> torch.optim.Optimizer:
     """Build the optimizer over a method's parameter groups.
 
-    LARS and AdamW exclude biases and normalization parameters from weight decay (and LARS from
-    adaptation), as SimCLR, BYOL and DINO do; SGD decays all parameters, as MoCo and SimSiam do.
-    Every group records its ``base_lr`` and ``base_wd`` for the schedules.
+    ``exclude_bias_norm`` (None: true for LARS and AdamW, false for SGD) puts biases and
+    normalization parameters (ndim <= 1) in groups without weight decay and, for LARS, without
+    the trust ratio, as SimCLR, BYOL, MoCo v3 (ResNet) and DINO do; SGD decays all parameters, as
+    MoCo and SimSiam do, and so do SwAV's LARC and MoCo v3's ViT AdamW. Every group records its
+    ``base_lr`` and ``base_wd`` for the schedules. ``lars_*``: see :class:`LARS`.
     """
+    if exclude_bias_norm is None:
+        exclude_bias_norm = name in ("lars", "adamw")
     torch_groups = []
     for group in groups:
         options = {k: v for k, v in group.items() if k != "params"}
         params = [p for p in group["params"] if p.requires_grad]
-        if name in ("lars", "adamw"):
+        if exclude_bias_norm:
             decay = [p for p in params if p.ndim > 1]
             no_decay = [p for p in params if p.ndim <= 1]
             if decay:
@@ -92,7 +122,7 @@ def build_optimizer(
             if no_decay:
                 torch_groups.append({"params": no_decay, **options, "weight_decay": 0.0, "lars_exclude": True})
         elif params:
-            torch_groups.append({"params": params, **options, "weight_decay": weight_decay})
+            torch_groups.append({"params": params, **options, "weight_decay": weight_decay, "lars_exclude": False})
     for group in torch_groups:
         group.setdefault("fixed_lr", False)
         group["base_lr"] = lr
@@ -103,7 +133,10 @@ def build_optimizer(
             group.pop("lars_exclude", None)
         return torch.optim.SGD(torch_groups, lr=lr, momentum=momentum, weight_decay=weight_decay)
     if name == "lars":
-        return LARS(torch_groups, lr=lr, momentum=momentum, weight_decay=weight_decay)
+        return LARS(
+            torch_groups, lr=lr, momentum=momentum, weight_decay=weight_decay, eta=lars_eta, clip_lr=lars_clip_lr,
+            trust=lars_trust,
+        )
     if name == "adamw":
         for group in torch_groups:
             group.pop("lars_exclude", None)
@@ -133,6 +166,21 @@ def cosine_schedule(
     t = np.arange(rest)
     cosine = final + 0.5 * (peak - final) * (1 + np.cos(np.pi * t / max(rest, 1)))
     return np.concatenate((warmup, cosine)).astype(np.float64)
+
+
+def step_schedule(
+    peak: float, total_steps: int, milestones: Iterable[int], factor: float = 0.1, warmup_steps: int = 0,
+    warmup_start: float = 0.0,
+) -> np.ndarray:
+    """Per-step values: optional linear warmup to ``peak``, then ``peak * factor^k`` after the k-th
+    milestone step (MoCo v1 ``--schedule 120 160``, InstDisc, CMC ``--lr_decay_epochs``: x0.1)."""
+    warmup_steps = min(warmup_steps, total_steps)
+    warmup = np.linspace(warmup_start, peak, warmup_steps, endpoint=False) if warmup_steps else np.zeros(0)
+    steps = np.arange(warmup_steps, total_steps)
+    drops = np.zeros(len(steps))
+    for milestone in milestones:
+        drops += steps >= milestone
+    return np.concatenate((warmup, peak * factor**drops)).astype(np.float64)
 
 
 def apply_schedule(optimizer: torch.optim.Optimizer, lr: float, wd: float | None, base_wd: float | None = None) -> None:

@@ -13,7 +13,6 @@ import errno
 import json
 import math
 import os
-import random
 import signal
 import sys
 import time
@@ -25,16 +24,17 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..augment import Recipe, create_recipe
+from ..augment import Recipe
 from ..config import safe_dump
 from ..data import BatchLoader, ImageSet, load_dataset
 from ..errors import ConfigError, DataError, NonFiniteLossError, SelfsupError, TrainingInterrupted
 from ..eval import extract_features, knn_accuracy
 from ..eval.knn import choose_k
-from ..methods import Method, Progress, create
-from ..nn import all_reduce_mean, create_backbone, ema_update, get_rank, get_world_size
+from ..methods import Method, Progress
+from ..nn import all_reduce_mean, ema_update, get_rank, get_world_size
 from . import checkpoint as ckpt
 from . import distributed
+from .build import build_method, build_optimizer_for, build_recipe, build_schedules, seed_everything  # noqa: F401 (re-exported)
 from .config import TrainConfig
 from .estimate import estimate_run, fit_defaults
 from .hardware import autocast_dtype, choose_compute, configure_cpu_threads, pick_device  # noqa: F401 (re-exported)
@@ -43,40 +43,8 @@ from .init import apply_init, init_note
 from .lock import RunLock
 from .logger import MetricsLogger
 from .logger import Progress as ProgressBar
-from .optim import apply_schedule, build_optimizer, cosine_schedule, scaled_lr
+from .optim import apply_schedule
 from .signals import StopSignals
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-def build_method(config: TrainConfig, image_size: int) -> Method:
-    """The backbone and method of a resolved config, initialized from ``config.seed``."""
-    seed_everything(config.seed)
-    # A value no check caught (a negative width, an argument the builder does not take) fails
-    # inside torch or the builder; it is still the config's fault, so say which part of it.
-    try:
-        backbone = create_backbone(config.backbone, image_size=image_size, **config.backbone_args)
-    except SelfsupError:
-        raise
-    except (TypeError, ValueError, RuntimeError) as exc:
-        raise ConfigError(f"backbone '{config.backbone}' cannot be built with backbone_args {config.backbone_args}: {exc}") from None
-    try:
-        return create(config.method, backbone=backbone, **config.method_args)
-    except SelfsupError:
-        raise
-    except (TypeError, ValueError, RuntimeError) as exc:
-        raise ConfigError(f"method '{config.method}' cannot be built with method_args {config.method_args}: {exc}") from None
-
-
-def build_recipe(config: TrainConfig, method: Method, image_size: int) -> Recipe:
-    choice = method.default_recipe(image_size)
-    name = config.recipe or choice.name
-    overrides = {**(choice.overrides if name == choice.name else {}), **config.augment}
-    return create_recipe(name, image_size, **overrides)
 
 
 def _free_memory(device: torch.device) -> int | None:
@@ -254,18 +222,10 @@ class Trainer:
             rank=self.rank, world_size=self.world_size, num_workers=config.num_workers,
         )
         self.steps_per_epoch = len(self.loader)
-        total = config.epochs * self.steps_per_epoch
-        self.total_steps = min(total, config.max_steps) if config.max_steps else total
-        peak = scaled_lr(config.lr, config.batch_size, config.lr_scaling)
-        self.optimizer = build_optimizer(
-            self.method.param_groups(), config.optimizer, peak, config.weight_decay, config.momentum
-        )
-        warmup = int(round(config.warmup_epochs * self.steps_per_epoch))
-        self.lr_schedule = cosine_schedule(peak, peak * config.min_lr_ratio, total, warmup)
-        self.wd_schedule = (
-            cosine_schedule(config.weight_decay, config.weight_decay_end, total)
-            if config.weight_decay_end is not None else None
-        )
+        # Optimizer and per-step schedules: engine/build.py (what `selfsup train --dry-run` shows).
+        self.optimizer = build_optimizer_for(config, self.method)
+        schedules = build_schedules(config, self.steps_per_epoch)
+        self.total_steps, self.lr_schedule, self.wd_schedule = schedules.total_steps, schedules.lr, schedules.weight_decay
         self.augment_generator = torch.Generator(device=self.device).manual_seed(config.seed + 1)
         self.online_probe = (
             OnlineProbe(self.method.feature_dim, self.train_set.num_classes, self.device, synchronized=self.world_size > 1)
@@ -499,7 +459,7 @@ class Trainer:
             torch.nn.utils.clip_grad_norm_(self.method.parameters(), config.grad_clip)
         self.method.before_optimizer_step(progress)
         self.optimizer.step()
-        distributed.average_batchnorm_statistics(self._local_bns)  # before EMA targets copy them
+        distributed.average_batchnorm_statistics(self._local_bns)  # every rank's BN statistics alike
         pairs = self.method.ema_pairs()
         if pairs:
             momentum = self.method.ema_momentum(progress)

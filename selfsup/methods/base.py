@@ -92,6 +92,20 @@ class Method(nn.Module):
         the architecture (MoCo v3: LARS for ResNets, AdamW for ViTs)."""
         return dict(cls.optim_defaults)
 
+    @classmethod
+    def defaults_for(cls, backbone: str, epochs: int) -> dict[str, Any]:
+        """The recipe this method trains with by default, for a backbone name and an epoch count:
+        TrainConfig fields (optimizer, lr, weight decay, schedule, LARS options...) and, under
+        ``"method_args"``, fields of the method's ``Config``. ``TrainConfig.resolve`` uses them
+        where the config leaves a field unset. Override where the paper's preset depends on the
+        epochs (BYOL, MoCo v3) or the architecture (DINO on a ResNet)."""
+        return cls.optim_defaults_for(backbone)
+
+    def describe(self) -> dict[str, Any]:
+        """Method-specific facts a run would use (temperatures, head sizes, queue and bank sizes),
+        for ``selfsup train --dry-run``; plain numbers, strings and lists."""
+        return {}
+
     def __init__(self, backbone: Backbone, config: MethodConfig) -> None:
         super().__init__()
         self.backbone = backbone
@@ -155,3 +169,17 @@ class Method(nn.Module):
         from ..augment.recipes import IMAGENET_MEAN, IMAGENET_STD
 
         return ops.normalize(ops.to_float(images), IMAGENET_MEAN, IMAGENET_STD)
+
+
+def mlp_dims(module: nn.Module) -> dict[str, Any]:
+    """A head's shape for descriptions: the widths of its linear layers and where its BNs are
+    (``last_bn``: "affine", "scale" (no shift), "plain" or None)."""
+    linears = [m for m in module.modules() if isinstance(m, nn.Linear)]
+    norms = [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    children = list(module.children())
+    last = children[-1] if children else None
+    last_bn = None
+    if isinstance(last, nn.modules.batchnorm._BatchNorm):
+        last_bn = "plain" if last.weight is None else ("scale" if last.bias is None else "affine")
+    dims = [linears[0].in_features] + [m.out_features for m in linears] if linears else []
+    return {"dims": dims, "batch_norms": len(norms), "last_bn": last_bn}

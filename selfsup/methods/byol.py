@@ -4,7 +4,9 @@ Approach to Self-Supervised Learning" (arXiv 2006.07733)."""
 from __future__ import annotations
 
 import copy
+import math
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -12,8 +14,20 @@ from torch import nn
 from ..errors import ConfigError
 from ..losses import byol_loss, normalized_output_std
 from ..nn import MLP, cosine_momentum
-from .base import Method, MethodConfig, Progress, RecipeChoice
+from .base import Method, MethodConfig, Progress, RecipeChoice, mlp_dims
 from .registry import register
+
+# The official presets per epoch count (deepmind-research byol/configs/byol.py: _LR_PRESETS,
+# _WD_PRESETS, _EMA_PRESETS): base lr per 256 images, weight decay, base target momentum.
+BYOL_PRESETS: dict[int, tuple[float, float, float]] = {
+    40: (0.45, 1e-6, 0.97), 100: (0.45, 1e-6, 0.99), 300: (0.3, 1e-6, 0.99), 1000: (0.2, 1.5e-6, 0.996),
+}
+
+
+def byol_preset(epochs: int) -> int:
+    """The official preset a run of ``epochs`` uses: the nearest of 40, 100, 300 and 1,000 epochs
+    on a log scale (boundaries at their geometric means: 63, 173 and 548 epochs)."""
+    return min(BYOL_PRESETS, key=lambda anchor: abs(math.log(max(epochs, 1) / anchor)))
 
 
 @dataclass
@@ -23,11 +37,9 @@ class BYOLConfig(MethodConfig):
     proj_hidden_dim: int = 4096  # projector g: Linear 4096 -> BN -> ReLU -> Linear 256 (section 3.3)
     proj_output_dim: int = 256  # the projection z that the loss compares
     pred_hidden_dim: int = 4096  # predictor q: the same MLP shape, 256 -> 4096 -> 256
-    # Target momentum starts at tau_base and rises to 1 along a cosine (section 3.2). The paper's
-    # headline 0.996 is for 1,000 epochs; its 300-epoch ablations and the official code's presets
-    # use 0.99 for 100 and 300 epochs (0.97 for 40). selfsup's default runs are 100 epochs, so
-    # 0.99: a target averaging over ~100 steps rather than ~250 keeps up with a short run.
-    # Set 0.996 for 1,000-epoch runs.
+    # Target momentum starts at tau_base and rises to 1 along a cosine (section 3.2). The engine
+    # sets it from the official preset for the run's epoch count (BYOL.defaults_for: 0.97 for 40
+    # epochs, 0.99 for 100 and 300, 0.996 for 1,000); 0.99 when the method is built directly.
     tau_base: float = 0.99
     # BN statistics over the global batch when distributed (the official code's cross_replica_axis).
     sync_bn: bool = True
@@ -61,10 +73,16 @@ class BYOL(Method):
     description = "bootstrap: online predictor regresses an EMA target's projection, no negatives (Grill et al. 2020)"
     paper = "arXiv 2006.07733"
     Config = BYOLConfig
-    # LARS with base lr 0.2 per 256 images, weight decay 1.5e-6, biases and BN parameters excluded
-    # from both (section 3.3; the engine's LARS excludes every parameter with ndim <= 1); the
-    # engine's default warmup, min(10, epochs / 10) epochs, is the paper's 10.
+    # LARS (trust coefficient 1e-3, biases and BN parameters excluded from the ratio and the
+    # decay: the engine's LARS excludes every parameter with ndim <= 1), 10 warmup epochs, cosine
+    # to 0 (section 3.3, byol/configs/byol.py). lr, weight decay and tau_base come from the
+    # official preset for the epoch count (defaults_for); these are the 1,000-epoch preset's.
     optim_defaults = {"optimizer": "lars", "lr": 0.2, "weight_decay": 1.5e-6}
+
+    @classmethod
+    def defaults_for(cls, backbone: str, epochs: int) -> dict[str, Any]:
+        lr, weight_decay, tau = BYOL_PRESETS[byol_preset(epochs)]
+        return {"optimizer": "lars", "lr": lr, "weight_decay": weight_decay, "method_args": {"tau_base": tau}}
 
     def __init__(self, backbone, config: BYOLConfig) -> None:  # noqa: ANN001
         config.validate()
@@ -92,6 +110,9 @@ class BYOL(Method):
 
     def ema_pairs(self) -> list[tuple[nn.Module, nn.Module]]:
         return [(self.backbone, self.target_backbone), (self.projector, self.target_projector)]
+
+    def describe(self) -> dict[str, Any]:
+        return {"tau_base": self.config.tau_base, "projector": mlp_dims(self.projector), "predictor": mlp_dims(self.predictor)}
 
     def ema_momentum(self, progress: Progress) -> float:
         """``tau = 1 - (1 - tau_base) * (cos(pi k / K) + 1) / 2`` at step k of K (section 3.2)."""

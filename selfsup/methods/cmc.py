@@ -4,7 +4,7 @@ official code: HobbitLong/CMC."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -34,7 +34,9 @@ class CMCConfig(MethodConfig):
     # over the other view's embeddings of the (global) batch, no bank.
     contrast: Literal["nce", "softmax", "batch"] = "nce"
     temperature: float = 0.07  # 0.07 on ImageNet (official README; 0.1 for STL-10)
-    num_negatives: int = 16384  # negatives drawn from the bank per anchor (16,384 on ImageNet)
+    # Negatives drawn from the bank per anchor: --nce_k 4096 (train_CMC.py; the README: "Default:
+    # 4096", and the released CMC weights were trained with 4,096).
+    num_negatives: int = 4096
     bank_momentum: float = 0.5  # v <- normalize(0.5 v + 0.5 f) (official --nce_m 0.5)
     width: float = 0.5  # each encoder's width relative to the backbone's: "2xResNet50half" (official README)
     # Input channels of each view, in the recipe's order: L and ab; a paired modality adds a 1.
@@ -109,8 +111,17 @@ class CMC(Method):
     paper = "arXiv 1906.05849"
     Config = CMCConfig
     needs_index = True
-    # SGD, lr 0.03 at batch 256, momentum 0.9, weight decay 1e-4 (official train_CMC.py).
+    # Official train_CMC.py (HobbitLong/CMC, the version with ResNets): SGD, --learning_rate 0.03
+    # whatever the batch (not scaled), momentum 0.9, --weight_decay 1e-4, no warmup, lr x0.1 at
+    # --lr_decay_epochs 250,300,350 of --epochs 400 (scaled with the run's epochs by defaults_for).
     optim_defaults = {"optimizer": "sgd", "lr": 0.03, "weight_decay": 1e-4}
+
+    @classmethod
+    def defaults_for(cls, backbone: str, epochs: int) -> dict[str, Any]:
+        return {
+            **cls.optim_defaults, "lr_scaling": "none", "warmup_epochs": 0.0, "lr_schedule": "step",
+            "lr_milestones": [round(m * epochs / 400, 3) for m in (250, 300, 350)],
+        }
 
     def __init__(self, backbone, config: CMCConfig) -> None:  # noqa: ANN001
         super().__init__(backbone, config)
@@ -143,7 +154,16 @@ class CMC(Method):
         self._bound = True
 
     def default_recipe(self, image_size: int) -> RecipeChoice:
-        return RecipeChoice("cmc_lab")
+        # train_CMC.py: RandomResizedCrop(scale=(--crop_low 0.08, 1)), flip, RGB -> Lab.
+        return RecipeChoice("cmc_lab", {"crop_scale": (0.08, 1.0)})
+
+    def describe(self) -> dict[str, Any]:
+        c = self.config
+        return {
+            "contrast": c.contrast, "temperature": c.temperature, "num_negatives": c.num_negatives,
+            "bank_momentum": c.bank_momentum, "embedding_dim": c.embedding_dim, "width": c.width,
+            "view_channels": list(c.view_channels), "banks": [list(m.bank.shape) for m in self.memories],
+        }
 
     def eval_transform(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 ``(B, H, W, 3 + k)`` -> normalized Lab and the k paired modalities in [-1, 1], as

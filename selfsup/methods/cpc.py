@@ -6,6 +6,7 @@ Predictive Coding" (arXiv 1905.09272)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -27,7 +28,10 @@ class CPCConfig(MethodConfig):
     prediction_steps: int = 5  # K: rows predicted below each context, one linear map each (v1 sec. 3.3: "up to five rows")
     context_blocks: int = 5  # masked residual blocks; each widens the context by one row, 5 see 6 rows above (a 7x7 grid)
     context_hidden_dim: int | None = None  # bottleneck width of the blocks; None: a quarter of the feature dim
-    directions: tuple[str, ...] = ("down",)  # v1: top-down; v2 adds "up", "left", "right" (each costs one more loss)
+    # Prediction directions, each with its own context network and loss. CPC v1 predicts top-down
+    # only; v2 also bottom-up and horizontally (arXiv 1905.09272, section 4.1 and Figure 3:
+    # "bottom-up spatial predictions" and "horizontal spatial predictions"): all four.
+    directions: tuple[str, ...] = ("down", "up", "right", "left")
     patch_size: int | None = None  # None: CPC's geometry for the image size (32 px: 8 px patches, stride 4, 7x7)
     patch_stride: int | None = None  # None: half the patch (small images) or v2's 36/260 of the side
     patch_input_size: int | None = None  # upsample each patch to this side for the encoder; None: no resampling
@@ -145,6 +149,13 @@ class CPC(Method):
         """``(patch_size, stride, grid side, encoder input side)`` for ``image_size`` px images."""
         patch, stride, grid = cpc_geometry(image_size, self.config.patch_size, self.config.patch_stride)
         return patch, stride, grid, self.config.patch_input_size or patch
+
+    def describe(self) -> dict[str, Any]:
+        c = self.config
+        return {
+            "directions": list(c.directions), "prediction_steps": c.prediction_steps, "context_blocks": c.context_blocks,
+            "feature_dim": self.backbone.feature_dim,
+        }
 
     def default_recipe(self, image_size: int) -> RecipeChoice:
         patch, stride, grid, side = self.geometry(image_size)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -15,12 +16,20 @@ from ..errors import ConfigError
 from ..losses import dino_loss, normalized_output_std
 from ..nn import all_reduce_sum, cosine_momentum
 from ..nn.backbones import SMALL_IMAGE, Backbone, forward_multicrop
-from .base import Method, MethodConfig, Progress, RecipeChoice
+from .base import Method, MethodConfig, Progress, RecipeChoice, mlp_dims
 from .registry import register
+
+
+def is_vit(backbone: nn.Module | str) -> bool:
+    arch = backbone if isinstance(backbone, str) else getattr(backbone, "arch", "")
+    return arch.startswith("vit")
 
 
 @dataclass
 class DINOConfig(MethodConfig):
+    """DINO's hyper-parameters: the defaults of the official main_dino.py (facebookresearch/dino),
+    i.e. its README's "vanilla" 100-epoch command."""
+
     # K, the head's output: 65,536 on ImageNet (official out_dim). None picks 65,536 above 64 px
     # and 4,096 at CIFAR scale (solo-learn's CIFAR recipe): 50,000 images do not need 65,536
     # pseudo-classes, and the last layer is 16x cheaper.
@@ -33,9 +42,11 @@ class DINOConfig(MethodConfig):
     # runs set False, which trains better but can be unstable).
     norm_last_layer: bool = True
     student_temperature: float = 0.1  # tau_s (section 3.1)
-    teacher_temperature: float = 0.07  # tau_t after the warmup (official README recipe)
+    # tau_t: 0.04 with no warmup (main_dino.py --teacher_temp / --warmup_teacher_temp 0.04,
+    # --warmup_teacher_temp_epochs 0); the README's boosted ViT-S run: 0.07 after 30 epochs from 0.04.
+    teacher_temperature: float = 0.04
     warmup_teacher_temperature: float = 0.04  # tau_t at epoch 0, raised linearly per epoch
-    warmup_teacher_temperature_epochs: int = 30  # epochs of that warmup (official README recipe)
+    warmup_teacher_temperature_epochs: int = 0  # epochs of that warmup
     center_momentum: float = 0.9  # m of the center's EMA (eq. 4)
     ema_momentum: float = 0.996  # teacher EMA, cosine from this to 1 (section 3.1)
     freeze_last_layer_epochs: float = 1.0  # the last layer gets no update in the first epoch
@@ -116,9 +127,31 @@ class DINO(Method):
     description = "self-distillation: EMA teacher, centering + sharpening, multi-crop, ViT or ResNet (Caron et al. 2021)"
     paper = "arXiv 2104.14294"
     Config = DINOConfig
-    # AdamW, lr 5e-4 per 256 images, weight decay cosine 0.04 -> 0.4 (section 3.1, appendix);
-    # gradient clipping is the method's own (per parameter, ``clip_grad``).
-    optim_defaults = {"optimizer": "adamw", "lr": 5e-4, "weight_decay": 0.04, "weight_decay_end": 0.4}
+    # ViTs: AdamW, lr 5e-4 per 256 images, 10 warmup epochs, cosine to 1e-6, weight decay cosine
+    # 0.04 -> 0.4, biases and norms not decayed (main_dino.py defaults, get_params_groups); the
+    # student's stochastic depth 0.1 (--drop_path_rate; the teacher is built without it).
+    # Gradient clipping is the method's own (per parameter, ``clip_grad``).
+    optim_defaults = {
+        "optimizer": "adamw", "lr": 5e-4, "weight_decay": 0.04, "weight_decay_end": 0.4, "min_lr": 1e-6,
+        "warmup_epochs": 10.0, "exclude_bias_norm": True,
+    }
+    # ResNets (and other convnets): the README's ResNet-50 command, --optimizer sgd --lr 0.03
+    # --weight_decay 1e-4 --weight_decay_end 1e-4 (constant), with main_dino.py's other defaults.
+    convnet_optim_defaults = {
+        "optimizer": "sgd", "lr": 0.03, "weight_decay": 1e-4, "min_lr": 1e-6, "warmup_epochs": 10.0,
+        "exclude_bias_norm": True,
+    }
+
+    @classmethod
+    def optim_defaults_for(cls, backbone: str) -> dict[str, Any]:
+        return dict(cls.optim_defaults if is_vit(backbone) else cls.convnet_optim_defaults)
+
+    @classmethod
+    def defaults_for(cls, backbone: str, epochs: int) -> dict[str, Any]:
+        defaults = cls.optim_defaults_for(backbone)
+        if is_vit(backbone):
+            defaults["backbone_args"] = {"drop_path_rate": 0.1}
+        return defaults
 
     def __init__(self, backbone: Backbone, config: DINOConfig) -> None:
         super().__init__(backbone, config)
@@ -126,6 +159,12 @@ class DINO(Method):
         self.out_dim = config.out_dim or (4096 if image_size <= SMALL_IMAGE else 65536)
         self.head = DINOHead(backbone.feature_dim, config, self.out_dim)
         self.teacher_backbone = copy.deepcopy(backbone)
+        # The teacher has no stochastic depth (main_dino.py builds it without drop_path_rate).
+        for module in self.teacher_backbone.modules():
+            if hasattr(module, "drop_prob"):
+                module.drop_prob = 0.0
+        if "drop_path_rate" in self.teacher_backbone.build_args:
+            self.teacher_backbone.build_args = {**self.teacher_backbone.build_args, "drop_path_rate": 0.0}
         self.teacher_head = copy.deepcopy(self.head)
         for param in [*self.teacher_backbone.parameters(), *self.teacher_head.parameters()]:
             param.requires_grad = False
@@ -134,7 +173,31 @@ class DINO(Method):
         self._pending_center: torch.Tensor | None = None
 
     def default_recipe(self, image_size: int) -> RecipeChoice:
+        if image_size <= SMALL_IMAGE:
+            # No published recipe uses local crops at <= 64 px: two full-size crops of scale
+            # (0.08, 1), as solo-learn's CIFAR recipe (scripts/pretrain/cifar/dino.yaml, asymmetric.yaml).
+            return RecipeChoice("dino", {"num_local": 0, "global_scale": (0.08, 1.0)})
+        if not is_vit(self.backbone):
+            # The README's ResNet-50 command: --global_crops_scale 0.14 1 --local_crops_scale 0.05 0.14.
+            return RecipeChoice("dino", {"global_scale": (0.14, 1.0), "local_scale": (0.05, 0.14)})
         return RecipeChoice("dino")
+
+    def describe(self) -> dict[str, Any]:
+        c = self.config
+        drop_paths = [getattr(m, "drop_prob") for m in self.backbone.modules() if hasattr(m, "drop_prob")]
+        teacher_drop_paths = [getattr(m, "drop_prob") for m in self.teacher_backbone.modules() if hasattr(m, "drop_prob")]
+        return {
+            "out_dim": self.out_dim, "head": mlp_dims(self.head.mlp), "bottleneck_dim": c.bottleneck_dim,
+            "norm_last_layer": c.norm_last_layer, "student_temperature": c.student_temperature,
+            "teacher_temperature": {
+                "start": self.teacher_temperature(Progress(0, 1, 1)), "final": c.teacher_temperature,
+                "warmup_epochs": c.warmup_teacher_temperature_epochs,
+            },
+            "center_momentum": c.center_momentum, "clip_grad": c.clip_grad,
+            "freeze_last_layer_epochs": c.freeze_last_layer_epochs,
+            "student_max_drop_path": round(float(max(drop_paths, default=0.0)), 6),
+            "teacher_max_drop_path": round(float(max(teacher_drop_paths, default=0.0)), 6),
+        }
 
     @property
     def eval_backbone(self) -> Backbone:

@@ -4,7 +4,7 @@ Discrimination" (arXiv 1805.01978); official code: zhirongw/lemniscate.pytorch."
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -76,9 +76,17 @@ class InstDisc(Method):
     paper = "arXiv 1805.01978"
     Config = InstDiscConfig
     needs_index = True
-    # SGD, lr 0.03 at batch 256, weight decay 1e-4, momentum 0.9 (official main.py, ImageNet;
-    # its CIFAR-10 script: lr 0.03 at batch 128 and weight decay 5e-4, see configs/instdisc_cifar10.yaml).
+    # Official main.py (ImageNet): SGD, lr 0.03 whatever the batch (not scaled; batch 256),
+    # momentum 0.9, weight decay 1e-4, no warmup, lr x0.1 at epochs 120 and 160 of 200 (scaled
+    # with the run's epochs by defaults_for). Its CIFAR-10 script: configs/instdisc_cifar10.yaml.
     optim_defaults = {"optimizer": "sgd", "lr": 0.03, "weight_decay": 1e-4}
+
+    @classmethod
+    def defaults_for(cls, backbone: str, epochs: int) -> dict[str, Any]:
+        return {
+            **cls.optim_defaults, "lr_scaling": "none", "warmup_epochs": 0.0, "lr_schedule": "step",
+            "lr_milestones": [round(120 * epochs / 200, 3), round(160 * epochs / 200, 3)],
+        }
 
     def __init__(self, backbone, config: InstDiscConfig) -> None:  # noqa: ANN001
         super().__init__(backbone, config)
@@ -96,13 +104,21 @@ class InstDisc(Method):
         self._bound = True
 
     def default_recipe(self, image_size: int) -> RecipeChoice:
-        # Official main.py: RandomResizedCrop(scale 0.2-1), grayscale 0.2, ColorJitter(0.4, 0.4,
-        # 0.4, 0.4) always applied, horizontal flip; one view per image.
+        # Official main.py: RandomResizedCrop(scale 0.2-1), RandomGrayscale(0.2) and then
+        # ColorJitter(0.4, 0.4, 0.4, 0.4) always applied, horizontal flip; one view per image.
         return RecipeChoice(
             "simclr",
             dict(count=1, crop_scale=(0.2, 1.0), jitter_p=1.0, brightness=0.4, contrast=0.4, saturation=0.4,
-                 hue=0.4, grayscale_p=0.2, blur_p=0.0),
+                 hue=0.4, grayscale_p=0.2, grayscale_first=True, blur_p=0.0),
         )
+
+    def describe(self) -> dict[str, Any]:
+        c = self.config
+        return {
+            "loss": c.loss, "temperature": c.temperature, "num_noise": c.num_noise if c.loss == "nce" else None,
+            "bank": list(self.memory.bank.shape), "bank_momentum": c.bank_momentum, "embedding_dim": c.embedding_dim,
+            "proximal_weight": c.proximal_weight,
+        }
 
     def embed(self, images: torch.Tensor) -> torch.Tensor:
         """The L2-normalized 128-d feature ``f`` of images (float32)."""

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -14,9 +15,9 @@ from torch import nn
 
 from ..errors import ConfigError
 from ..losses import info_nce
-from ..nn import MLP, gather, get_rank, get_world_size, is_distributed
+from ..nn import MLP, cosine_momentum, gather, get_rank, get_world_size, is_distributed
 from ..nn.queue import KeyQueue
-from .base import Method, MethodConfig, Progress, RecipeChoice
+from .base import Method, MethodConfig, Progress, RecipeChoice, mlp_dims
 from .registry import register
 
 SMALL_IMAGE = 64  # at or below this side: CIFAR-sized defaults (queue of 4,096)
@@ -31,6 +32,13 @@ class MoCoConfig(MethodConfig):
     # 65,536 above 64 px, 4,096 at <= 64 px (CIFAR: the official CIFAR-10 demo and lightly's benchmark).
     queue_size: int | None = None
     ema_momentum: float = 0.999  # key encoder momentum m (section 3.2; 0.99-0.9999 work, 0.9 fails, table in 4.1)
+    # None: m is constant (the paper). A value: m rises from ema_momentum to it along a cosine
+    # (solo-learn's MoCo V2+: 0.99 -> 0.999, scripts/pretrain/cifar/mocov2plus.yaml).
+    ema_momentum_end: float | None = None
+    # The paper's loss is asymmetric (view 1 queries, view 2 keys). Symmetric: both directions,
+    # averaged, each view's keys in their own queue (solo-learn's MoCo V2+, solo/methods/
+    # mocov2plus.py; the official CIFAR demo's --symmetric uses one queue for both).
+    symmetric: bool = False
     embed_dim: int = 128  # output of the encoder's fc head, L2-normalized (section 3.3)
     mlp_head: bool = False  # v2: fc -> 2-layer MLP head (hidden = backbone width, ReLU), section 2 of 2003.04297
     proj_hidden_dim: int | None = None  # hidden width of the MLP head; None: the backbone's feature width (official v2)
@@ -47,8 +55,8 @@ class MoCoConfig(MethodConfig):
         super().validate()
         if self.queue_size is not None and self.queue_size < 1:
             raise ConfigError(f"queue_size must be >= 1 (or null for the default), got {self.queue_size}.")
-        if not 0.0 <= self.ema_momentum <= 1.0:
-            raise ConfigError(f"ema_momentum must be in [0, 1], got {self.ema_momentum} (MoCo: 0.999).")
+        if not 0.0 <= self.ema_momentum <= 1.0 or (self.ema_momentum_end is not None and not 0.0 <= self.ema_momentum_end <= 1.0):
+            raise ConfigError(f"ema_momentum (and ema_momentum_end) must be in [0, 1], got {self.ema_momentum} (MoCo: 0.999).")
         if self.embed_dim < 1 or (self.proj_hidden_dim is not None and self.proj_hidden_dim < 1):
             raise ConfigError("embed_dim and proj_hidden_dim must be >= 1.")
         if self.shuffle_bn_groups < 1:
@@ -72,8 +80,10 @@ class SubBatchNorm(nn.Module):
     It has BatchNorm's parameters and buffers, in the same order and under the same names (so
     state dicts and ``ema_update`` pair it with the query encoder's BN), but is deliberately not a
     ``_BatchNorm``: ``SyncBatchNorm.convert_sync_batchnorm`` must leave the key encoder's shuffled
-    statistics alone. Used only in MoCo's key encoder, whose running statistics are copied from the
-    query encoder after every step (``ema_update`` copies buffers), so they are not updated here.
+    statistics alone. Used only in MoCo's key encoder, which runs in training mode only (keys are
+    always normalized with their sub-batch's statistics), so its running statistics are never read
+    and are not tracked: they keep their initial values (the official code updates them as a side
+    effect of its key passes and never uses them either).
     """
 
     def __init__(self, bn: nn.modules.batchnorm._BatchNorm) -> None:
@@ -131,9 +141,17 @@ class MoCo(Method):
     description = "contrastive: momentum key encoder, queue of 65,536 negatives, shuffling BN (He et al. 2019)"
     paper = "arXiv 1911.05722"
     Config = MoCoConfig
-    # SGD, lr 0.03 per 256 images, weight decay 1e-4, momentum 0.9, no warmup (section 4.1). The
-    # paper's v1 steps the lr down at epochs 120 and 160 of 200; the engine's schedule is cosine (v2's).
+    # SGD, lr 0.03 per 256 images, weight decay 1e-4, momentum 0.9, no warmup, lr x0.1 at epochs
+    # 120 and 160 of 200 (section 4.1; official main_moco.py: --lr 0.03 --schedule 120 160
+    # --wd 1e-4 --epochs 200). The milestones scale with the run's epochs (defaults_for).
     optim_defaults = {"optimizer": "sgd", "lr": 0.03, "weight_decay": 1e-4, "warmup_epochs": 0.0}
+
+    @classmethod
+    def defaults_for(cls, backbone: str, epochs: int) -> dict[str, Any]:
+        return {
+            **cls.optim_defaults, "lr_schedule": "step",
+            "lr_milestones": [round(120 * epochs / 200, 3), round(160 * epochs / 200, 3)],
+        }
 
     def __init__(self, backbone, config: MoCoConfig) -> None:  # noqa: ANN001
         config.validate()
@@ -149,31 +167,55 @@ class MoCo(Method):
         for param in (*self.key_backbone.parameters(), *self.key_head.parameters()):
             param.requires_grad_(False)
         small = backbone.build_args.get("image_size", 224) <= SMALL_IMAGE
-        self.queue = KeyQueue(config.queue_size or (4096 if small else 65536), config.embed_dim)
-        self._pending_keys: torch.Tensor | None = None  # this step's keys, all processes, until enqueued
+        size = config.queue_size or (4096 if small else 65536)
+        self.queue = KeyQueue(size, config.embed_dim)  # keys of the second views (queried by the first)
+        # Symmetric loss: the first views' keys, queried by the second views (solo-learn's queue[0]).
+        self.queue_sym = KeyQueue(size, config.embed_dim) if config.symmetric else None
+        self._pending_keys: list[torch.Tensor] | None = None  # this step's keys, all processes, until enqueued
 
     def default_recipe(self, image_size: int) -> RecipeChoice:
-        # Section 4.1: 224 crop of scale (0.2, 1), grayscale p=0.2, colour jitter 0.4 (hue 0.4, always
-        # applied), flip; no blur. (torchvision order here: jitter before grayscale.)
+        # Section 4.1 and official main_moco.py (v1, "the same as InstDisc"): 224 crop of scale
+        # (0.2, 1), RandomGrayscale(0.2) and then ColorJitter(0.4, 0.4, 0.4, 0.4) always applied,
+        # flip; no blur.
         jitter = {"brightness": 0.4, "contrast": 0.4, "saturation": 0.4, "hue": 0.4, "jitter_p": 1.0}
-        return RecipeChoice("simclr", {"crop_scale": (0.2, 1.0), "grayscale_p": 0.2, "blur_p": 0.0, **jitter})
+        return RecipeChoice(
+            "simclr", {"crop_scale": (0.2, 1.0), "grayscale_p": 0.2, "grayscale_first": True, "blur_p": 0.0, **jitter}
+        )
 
     def ema_pairs(self) -> list[tuple[nn.Module, nn.Module]]:
         return [(self.backbone, self.key_backbone), (self.head, self.key_head)]
 
     def ema_momentum(self, progress: Progress) -> float:
-        return self.config.ema_momentum
+        if self.config.ema_momentum_end is None:
+            return self.config.ema_momentum
+        return cosine_momentum(self.config.ema_momentum, progress.fraction, self.config.ema_momentum_end)
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "temperature": self.config.temperature, "queue_size": self.queue.size, "queues": 2 if self.queue_sym else 1,
+            "symmetric": self.config.symmetric, "embed_dim": self.config.embed_dim, "head": mlp_dims(self.head),
+            "shuffle_bn_groups": self.config.shuffle_bn_groups,
+        }
 
     def forward(self, views: list[torch.Tensor], index: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         self.queue.check_batch(views[0].shape[0] * get_world_size())
         query = self.head(self.backbone(views[0]))
         keys, all_keys = self.keys(views[1])
-        self._pending_keys = all_keys
-        return {"loss": info_nce(query, keys, self.queue.keys, self.config.temperature)}
+        loss = info_nce(query, keys, self.queue.keys, self.config.temperature)
+        self._pending_keys = [all_keys]
+        if self.queue_sym is not None:
+            # The other direction: the second view queries the first view's key.
+            query2 = self.head(self.backbone(views[1]))
+            keys2, all_keys2 = self.keys(views[0])
+            loss = (loss + info_nce(query2, keys2, self.queue_sym.keys, self.config.temperature)) / 2
+            self._pending_keys.append(all_keys2)
+        return {"loss": loss}
 
     def after_optimizer_step(self, progress: Progress) -> None:
         if self._pending_keys is not None:
-            self.queue.enqueue(self._pending_keys)
+            self.queue.enqueue(self._pending_keys[0])
+            if self.queue_sym is not None:
+                self.queue_sym.enqueue(self._pending_keys[1])
             self._pending_keys = None
 
     def bn_groups(self, batch: int, world: int) -> int:
@@ -220,8 +262,13 @@ class MoCoV2(MoCo):
     description = "MoCo with MLP head, blur augmentation, temperature 0.2, cosine schedule (Chen et al. 2020)"
     paper = "arXiv 2003.04297"
     Config = MoCoV2Config
-    # Unchanged from v1: SGD, lr 0.03 per 256, weight decay 1e-4, no warmup; cosine decay (section 2).
+    # Unchanged from v1: SGD, lr 0.03 per 256, weight decay 1e-4, no warmup; cosine decay (section 2;
+    # official main_moco.py --cos, 200 epochs).
     optim_defaults = {"optimizer": "sgd", "lr": 0.03, "weight_decay": 1e-4, "warmup_epochs": 0.0}
+
+    @classmethod
+    def defaults_for(cls, backbone: str, epochs: int) -> dict[str, Any]:
+        return {**cls.optim_defaults, "lr_schedule": "cosine"}
 
     def default_recipe(self, image_size: int) -> RecipeChoice:
         # The official "aug_plus": crop (0.2, 1), jitter (0.4, 0.4, 0.4, 0.1) with p=0.8, grayscale

@@ -14,7 +14,7 @@ from torch import nn
 from ..errors import ConfigError
 from ..losses import mocov3_loss
 from ..nn import MLP, cosine_momentum, gather, get_rank
-from .base import Method, MethodConfig, Progress, RecipeChoice
+from .base import Method, MethodConfig, Progress, RecipeChoice, mlp_dims
 from .registry import register
 
 
@@ -31,8 +31,9 @@ class MoCoV3Config(MethodConfig):
     # Softmax temperature: 1.0 for ResNets (the official default), 0.2 for ViTs (appendix:
     # "temperature tau = 0.2"); None picks it from the backbone.
     temperature: float | None = None
-    # Momentum encoder: m rises from this base to 1 along a half cosine (the official --moco-m-cos;
-    # 0.99 for 100/300 epochs; the paper's 1,000-epoch ResNet run uses 0.996).
+    # Momentum encoder: m rises from this base to 1 along a half cosine (the official --moco-m-cos).
+    # The engine sets it from the reference setup for the epoch count (defaults_for: 0.99 for 100
+    # and 300 epochs, 0.996 for the 1,000-epoch ResNet-50 run).
     ema_momentum: float = 0.99
     embed_dim: int = 256  # output of projector and predictor (section 4)
     proj_hidden_dim: int = 4096  # hidden width of projector and predictor MLPs (section 4)
@@ -90,16 +91,29 @@ class MoCoV3(Method):
     description = "contrastive: momentum encoder, predictor, symmetrized in-batch InfoNCE; ResNet or ViT (Chen et al. 2021)"
     paper = "arXiv 2104.02057"
     Config = MoCoV3Config
-    # ResNet: LARS, lr 0.6 per 256 images (0.3 for 300+ epochs), weight decay 1e-6, 10 warmup epochs
-    # (the engine's default warmup is min(10, epochs / 10)).
+    # ResNet: LARS (trust 0.001; biases and BN excluded: moco/optimizer.py adapts and decays
+    # p.ndim > 1 only), lr 0.6 per 256 images, weight decay 1e-6, 10 warmup epochs, cosine
+    # (main_moco.py defaults, CONFIG.md's 100-epoch ResNet-50 setup).
     optim_defaults = {"optimizer": "lars", "lr": 0.6, "weight_decay": 1e-6}
-    # ViT: AdamW, lr 1.5e-4 per 256 images, weight decay 0.1 (section 4 and the official configs;
-    # they warm up 40 of 300 epochs: set warmup_epochs for such runs).
-    vit_optim_defaults = {"optimizer": "adamw", "lr": 1.5e-4, "weight_decay": 0.1}
+    # ViT: AdamW, lr 1.5e-4 per 256 images, weight decay 0.1 on every parameter (torch.optim.AdamW
+    # over model.parameters()), 40 warmup epochs (CONFIG.md's ViT-Small/Base setups, 300 epochs).
+    vit_optim_defaults = {"optimizer": "adamw", "lr": 1.5e-4, "weight_decay": 0.1, "warmup_epochs": 40.0, "exclude_bias_norm": False}
+    # CONFIG.md's ResNet-50 setups by epochs: (lr, weight decay, base momentum).
+    resnet_presets = {100: (0.6, 1e-6, 0.99), 300: (0.3, 1e-6, 0.99), 1000: (0.3, 1.5e-6, 0.996)}
 
     @classmethod
     def optim_defaults_for(cls, backbone: str) -> dict[str, Any]:
         return dict(cls.vit_optim_defaults if is_vit(backbone) else cls.optim_defaults)
+
+    @classmethod
+    def defaults_for(cls, backbone: str, epochs: int) -> dict[str, Any]:
+        """ViTs: the ViT setup. ResNets: the setup nearest the epoch count on a log scale (up to
+        173 epochs the 100-epoch one, up to 547 the 300-epoch one, then the 1,000-epoch one)."""
+        if is_vit(backbone):
+            return dict(cls.vit_optim_defaults)
+        anchor = min(cls.resnet_presets, key=lambda a: abs(math.log(max(epochs, 1) / a)))
+        lr, weight_decay, momentum = cls.resnet_presets[anchor]
+        return {**cls.optim_defaults, "lr": lr, "weight_decay": weight_decay, "method_args": {"ema_momentum": momentum}}
 
     def __init__(self, backbone, config: MoCoV3Config) -> None:  # noqa: ANN001
         config.validate()
@@ -131,6 +145,12 @@ class MoCoV3(Method):
 
     def ema_momentum(self, progress: Progress) -> float:
         return cosine_momentum(self.config.ema_momentum, progress.fraction)
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "temperature": self.temperature, "projector": mlp_dims(self.projector), "predictor": mlp_dims(self.predictor),
+            "frozen_patch_embed": is_vit(self.backbone) and self.config.freeze_patch_embed,
+        }
 
     def forward(self, views: list[torch.Tensor], index: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         x1, x2 = views[0], views[1]

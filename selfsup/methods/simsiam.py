@@ -11,7 +11,8 @@ import torch.nn.functional as F
 from ..errors import ConfigError
 from ..losses import normalized_output_std, simsiam_loss
 from ..nn import MLP, gather
-from .base import Method, MethodConfig, Progress, RecipeChoice
+from ..nn.backbones import SMALL_IMAGE
+from .base import Method, MethodConfig, Progress, RecipeChoice, mlp_dims
 from .registry import register
 
 PREDICTORS = ("mlp", "none", "random", "moving_average")
@@ -23,7 +24,9 @@ class SimSiamConfig(MethodConfig):
 
     proj_hidden_dim: int = 2048  # projection MLP: BN after every linear layer, the output one too
     proj_output_dim: int = 2048  # z, the output of the encoder f
-    proj_layers: int = 3  # linear layers of the projection MLP (3 on ImageNet; appendix D uses 2 on CIFAR)
+    # Linear layers of the projection MLP. None: 3 (section 3, official simsiam/builder.py), 2 at
+    # <= 64 px (the paper's CIFAR setting, appendix D).
+    proj_layers: int | None = None
     pred_hidden_dim: int = 512  # predictor h: a bottleneck 2048 -> 512 -> 2048 (section 4.4)
     # Hold the predictor's learning rate at its peak while the rest follows the cosine (section
     # 4.1, Table 1c: 68.1% vs 67.7% with the decayed rate).
@@ -46,7 +49,7 @@ class SimSiamConfig(MethodConfig):
             raise ConfigError(f"predictor must be one of {', '.join(PREDICTORS)}; got '{self.predictor}'.")
         if not 0.0 <= self.moving_average_momentum < 1.0:
             raise ConfigError(f"moving_average_momentum must be in [0, 1), got {self.moving_average_momentum} (paper: 0.8).")
-        if self.proj_layers < 1:
+        if self.proj_layers is not None and self.proj_layers < 1:
             raise ConfigError(f"proj_layers must be >= 1, got {self.proj_layers}.")
 
 
@@ -79,9 +82,11 @@ class SimSiam(Method):
         super().__init__(backbone, config)
         # BN on the output without affine parameters, as the official code (its output linear's
         # bias is unused before BN, so MLP drops it).
+        small = int(backbone.build_args.get("image_size", 224)) <= SMALL_IMAGE
+        self.proj_layers = config.proj_layers or (2 if small else 3)
         self.projector = MLP(
             backbone.feature_dim, config.proj_hidden_dim, config.proj_output_dim,
-            num_layers=config.proj_layers, last_bn=True, last_bn_affine=False,
+            num_layers=self.proj_layers, last_bn=True, last_bn_affine=False,
         )
         self.predictor = None
         if config.predictor in ("mlp", "random"):
@@ -99,6 +104,13 @@ class SimSiam(Method):
         # images (the simclr recipe's own rule, also appendix D for CIFAR).
         jitter = dict(brightness=0.4, contrast=0.4, saturation=0.4, hue=0.1)
         return RecipeChoice("simclr", {"crop_scale": (0.2, 1.0), **jitter})
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "projector": mlp_dims(self.projector),
+            "predictor": mlp_dims(self.predictor) if self.predictor is not None else self.config.predictor,
+            "fixed_predictor_lr": self.config.fixed_predictor_lr,
+        }
 
     def bind_dataset(self, num_samples: int) -> None:
         if self.needs_index and self.target_memory.shape[0] != num_samples:

@@ -4,6 +4,7 @@ Features by Contrasting Cluster Assignments" (arXiv 2006.09882)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -13,17 +14,17 @@ from ..errors import ConfigError
 from ..losses import normalized_output_std, sinkhorn, swav_loss
 from ..nn import MLP, gather, get_rank, get_world_size
 from ..nn.backbones import SMALL_IMAGE, forward_multicrop
-from .base import Method, MethodConfig, Progress, RecipeChoice
+from .base import Method, MethodConfig, Progress, RecipeChoice, mlp_dims
 from .registry import register
 
 
 @dataclass
 class SwAVConfig(MethodConfig):
-    # K: 3,000 on ImageNet (section 4). None picks 3,000 above 64 px and 300 at CIFAR scale: 3,000
-    # is 3 prototypes per ImageNet class and 300 keeps that for CIFAR-100 (CIFAR-10 has more than
-    # enough); at batch 256 it also keeps about one sample per prototype per batch, as the paper's
-    # recipes do ((256 + 3,840 queued) / 3,000 = 1.4), so the equipartition is meaningful without a queue.
-    num_prototypes: int | None = None
+    """SwAV's hyper-parameters as the official batch-256 script sets them
+    (facebookresearch/swav scripts/swav_200ep_bs256_pretrain.sh)."""
+
+    # K: 3,000 (--nmb_prototypes 3000; solo-learn's CIFAR recipe uses 3,000 too).
+    num_prototypes: int = 3000
     proj_hidden_dim: int = 2048  # hidden width of the projection MLP (official resnet50.py: hidden_mlp)
     proj_output_dim: int = 128  # the embedding z, L2-normalized before the prototypes (feat_dim)
     temperature: float = 0.1  # of the softmax over prototype scores (eq. 2)
@@ -34,11 +35,11 @@ class SwAVConfig(MethodConfig):
     epsilon: float = 0.05
     sinkhorn_iterations: int = 3  # "3 iterations are enough" (section 3.1)
     num_assign_views: int = 2  # codes are computed from the first views only: the global crops
-    # Embeddings of past batches added to Sinkhorn's batch when it is small: 3,840 in the official
-    # batch-256 recipe, 0 (no queue) at batch 4,096. It starts filling at queue_start_epoch and is
-    # used once full.
-    queue_length: int = 0
-    queue_start_epoch: float = 15.0  # epoch_queue_starts of the official code
+    # Embeddings of past batches added to Sinkhorn's batch: 3,840 in the official batch-256 script
+    # (--queue_length 3840), 0 (no queue) at batch 4,096. As main_swav.py, it is created (and starts
+    # filling) at queue_start_epoch and is used once full (its last row non-zero).
+    queue_length: int = 3840
+    queue_start_epoch: float = 15.0  # --epoch_queue_starts 15
     # Prototypes get no update for this many epochs (official: 313 iterations at batch 4,096 and
     # 5,005 at batch 256, one epoch each): the loss is unstable while the network is random.
     freeze_prototypes_epochs: float = 1.0
@@ -46,7 +47,7 @@ class SwAVConfig(MethodConfig):
 
     def validate(self) -> None:
         super().validate()
-        if self.num_prototypes is not None and self.num_prototypes < 2:
+        if self.num_prototypes < 2:
             raise ConfigError(f"swav num_prototypes must be >= 2, got {self.num_prototypes}.")
         if self.epsilon <= 0 or self.sinkhorn_iterations < 1:
             raise ConfigError(
@@ -70,15 +71,18 @@ class SwAV(Method):
     description = "clustering: multi-crop, prototypes, Sinkhorn codes, swapped prediction (Caron et al. 2020)"
     paper = "arXiv 2006.09882"
     Config = SwAVConfig
-    # LARS with weight decay 1e-6 (section 4, appendix A.1). The paper's 4.8 at batch 4,096 is 0.3
-    # per 256 images; the official batch-256 recipe (and solo-learn's CIFAR one) use 0.6, which
-    # is the regime this library is mostly run in. Set lr=0.3 for batch 4,096.
-    optim_defaults = {"optimizer": "lars", "lr": 0.6, "weight_decay": 1e-6}
+    # The official batch-256 script: SGD wrapped in apex's LARC (trust 0.001, no clipping, every
+    # parameter adapted and decayed), --base_lr 0.6 with no warmup and a cosine to --final_lr
+    # 0.0006 (ratio 0.001), --wd 1e-6. The paper's 4.8 at batch 4,096 is 0.3 per 256 images: set
+    # lr=0.3 for batch 4,096 (and queue_length=0).
+    optim_defaults = {
+        "optimizer": "lars", "lr": 0.6, "weight_decay": 1e-6, "warmup_epochs": 0.0, "min_lr_ratio": 0.001,
+        "lars_trust": "larc", "exclude_bias_norm": False,
+    }
 
     def __init__(self, backbone, config: SwAVConfig) -> None:  # noqa: ANN001
         super().__init__(backbone, config)
-        image_size = int(backbone.build_args.get("image_size", 224))
-        self.num_prototypes = config.num_prototypes or (300 if image_size <= SMALL_IMAGE else 3000)
+        self.num_prototypes = config.num_prototypes
         self.projector = MLP(backbone.feature_dim, config.proj_hidden_dim, config.proj_output_dim, num_layers=2)
         self.prototypes = nn.Linear(config.proj_output_dim, self.num_prototypes, bias=False)
         with torch.no_grad():
@@ -93,8 +97,23 @@ class SwAV(Method):
         self.register_load_state_dict_post_hook(lambda module, keys: setattr(module, "_queue_full", None))
 
     def default_recipe(self, image_size: int) -> RecipeChoice:
-        # SwAV's colour distortion is SimCLR's at strength 1 (official get_color_distortion).
-        return RecipeChoice("multicrop", {"brightness": 0.8, "contrast": 0.8, "saturation": 0.8, "hue": 0.2})
+        # SwAV's colour distortion is SimCLR's at strength 1 (official get_color_distortion). Crops:
+        # 2 x 224 px of scale (0.14, 1) and 6 x 96 px of (0.05, 0.14) (the multicrop builder's
+        # defaults, official script). At <= 64 px no published recipe uses local crops: two
+        # full-size crops of scale (0.08, 1), as solo-learn's CIFAR recipe (augmentations/symmetric.yaml).
+        colour = {"brightness": 0.8, "contrast": 0.8, "saturation": 0.8, "hue": 0.2}
+        if image_size <= SMALL_IMAGE:
+            return RecipeChoice("multicrop", {**colour, "num_local": 0, "global_scale": (0.08, 1.0)})
+        return RecipeChoice("multicrop", colour)
+
+    def describe(self) -> dict[str, Any]:
+        c = self.config
+        return {
+            "temperature": c.temperature, "num_prototypes": self.num_prototypes, "epsilon": c.epsilon,
+            "sinkhorn_iterations": c.sinkhorn_iterations, "queue_length": c.queue_length,
+            "queue_start_epoch": c.queue_start_epoch, "freeze_prototypes_epochs": c.freeze_prototypes_epochs,
+            "projector": mlp_dims(self.projector),
+        }
 
     def forward(self, views: list[torch.Tensor], index: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         batch, assign = views[0].shape[0], self.config.num_assign_views

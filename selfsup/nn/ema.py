@@ -17,16 +17,16 @@ def cosine_momentum(base: float, progress: float, final: float = 1.0) -> float:
 
 @torch.no_grad()
 def ema_update(online: nn.Module, target: nn.Module, momentum: float) -> None:
-    """``target = momentum * target + (1 - momentum) * online`` for parameters; buffers (BN
-    running statistics) are copied from the online network. (The official BYOL and MoCo code
-    average only the parameters and let the target keep the running statistics of its own
-    train-mode passes; those matter only if the target is run in eval mode, which selfsup's
-    BYOL/MoCo never do, and copying keeps them identical on every process.)"""
+    """``target = momentum * target + (1 - momentum) * online`` for parameters only, as the
+    official BYOL, MoCo (v1/v2 ``_momentum_update_key_encoder``, v3) and DINO code: buffers (BN
+    running statistics) are left to the target, which updates them in its own train-mode passes
+    on the views it sees. So DINO's teacher, the network DINO evaluates, is evaluated with the
+    statistics of its own inputs (the global crops), not with the student's. Across processes the
+    targets' statistics stay identical: synchronized BN computes them over the global batch, and
+    the engine averages per-process BN statistics after every step."""
     online_params = [p.detach() for p in online.parameters()]
     target_params = list(target.parameters())
     if len(online_params) != len(target_params):
         raise ValueError("EMA pair has different architectures")
     torch._foreach_mul_(target_params, momentum)
     torch._foreach_add_(target_params, online_params, alpha=1.0 - momentum)
-    for b_online, b_target in zip(online.buffers(), target.buffers()):
-        b_target.copy_(b_online)
