@@ -40,6 +40,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import DEFAULT_DATA_DIR, hardware, update_section  # noqa: E402
+from learning import commit  # noqa: E402
 
 from selfsup.engine import TrainConfig, train  # noqa: E402
 
@@ -113,7 +114,7 @@ def main() -> None:
                     "baseline_top1": summary["knn_random_top1"], "baseline": "initial" if init else "random-init",
                     "bank": summary["knn_bank"], "queries": summary["knn_queries"],
                     "base_cifar10_knn": [base["knn_top1"], base["knn_random_top1"]],
-                    "hardware": hardware("cpu"), "date": time.strftime("%Y-%m-%d"),
+                    "hardware": hardware("cpu"), "date": time.strftime("%Y-%m-%d"), "commit": commit(),
                 }
                 print(json.dumps(row))
                 rows.append(row)
@@ -143,7 +144,7 @@ def markdown(rows: list[dict], steps: int) -> str:
         "## Your own photos: continued pretraining (`--init`) vs from scratch, at equal steps",
         "",
         "From `benchmarks/continued_pretraining.py` on " + rows[0]["hardware"] + ", float32, "
-        f"seed(s) {', '.join(map(str, seeds))}. A labelled folder of 500 photos (50 per class) written from "
+        f"seed(s) {', '.join(map(str, seeds))}, commit {rows[0].get('commit')}. A labelled folder of 500 photos (50 per class) written from "
         f"CIFAR-10 test images at {SIDE} px (JPEG); each run holds out the same 40% of each class (split seed 0): "
         f"300 images to train on and search, {queries} to score, weighted kNN with k = min(200, bank images per "
         f"class) = {k}, T = 0.1. The initial backbone is the tiny convnet pretrained by selfsup (SimCLR, 6 epochs "
