@@ -182,7 +182,7 @@ class TrainConfig:
             )
         if self.eval_every is not None and self.eval_every < 0:
             raise ConfigError(f"eval_every must be >= 0, got {self.eval_every}.")
-        if self.min_lr_ratio > 1:
+        if self.min_lr_ratio is not None and self.min_lr_ratio > 1:
             raise ConfigError(f"min_lr_ratio must be in [0, 1] (the cosine ends at lr * min_lr_ratio), got {self.min_lr_ratio}.")
         if self.num_workers < 0:
             raise ConfigError(f"num_workers must be >= 0, got {self.num_workers}.")
