@@ -367,6 +367,12 @@ def test_run_without_config_on_cifar_takes_the_methods_bundled_recipe() -> None:
     assert "byol's defaults" in line
     config, line = build_run_config(None, {}, [])  # `selfsup train`: the digits demo
     assert "demo" in line and config.backbone == "tiny" and config.epochs == 30
+    # Another backbone keeps the recipe's optimizer and views, not its ResNet's arguments (the tiny
+    # convnet refuses zero_init_residual); the recipe's own backbone keeps them.
+    config, line = build_run_config(None, {"method": "simclr", "data": "cifar10", "backbone": "tiny"}, ["backbone.width=8"])
+    assert config.backbone_args == {"width": 8} and "not applied to tiny" in line and config.optimizer == "lars"
+    config, line = build_run_config(None, {"method": "dino", "data": "cifar10"}, [])
+    assert config.backbone_args.get("zero_init_residual") is False and "not applied" not in line
 
 
 def test_byol_preset_follows_the_epochs_of_an_override() -> None:

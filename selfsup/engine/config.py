@@ -258,7 +258,14 @@ def build_run_config(
     data = parsed.get("data") if isinstance(parsed.get("data"), str) else given.get("data", TrainConfig.data)
     bundled = recipe_config_for(str(method), str(data))
     if bundled is not None:
-        return build_config(str(bundled), values, overrides), f"{recipe_line(bundled)} [{bundled.name}; --config to choose another]"
+        note = f"{recipe_line(bundled)} [{bundled.name}; --config to choose another]"
+        recipe = load_yaml(bundled)
+        backbone = parsed.get("backbone") if isinstance(parsed.get("backbone"), str) else given.get("backbone")
+        if backbone and backbone != recipe.get("backbone") and recipe.pop("backbone_args", None):
+            # The recipe's backbone arguments describe its own network (e.g. a ResNet's
+            # zero_init_residual); another backbone gets its own defaults.
+            note += f"; its backbone_args are for {recipe.get('backbone')}, not applied to {backbone}"
+        return build_config(None, deep_merge(recipe, given), overrides), note
     return build_config(None, values, overrides), f"recipe: {method}'s defaults (docs/recipes.md: the paper's recipe for this backbone and epoch count)"
 
 
