@@ -313,8 +313,9 @@ def init_architecture(backbone: str | None, backbone_args: dict[str, Any], spec:
     weights = read_init(spec)
     if backbone is not None and backbone != weights.backbone:
         raise ConfigError(
-            f"init '{spec}' holds a {weights.backbone} backbone but the config asks for backbone '{backbone}'; "
-            "leave the backbone unset (it is taken from the init) or give weights of that backbone."
+            f"init '{spec}' holds a {weights.backbone} backbone but the config asks for backbone '{backbone}' (from "
+            f"--backbone, a config file or the bundled recipe of the method and data); pass --backbone "
+            f"{weights.backbone}, or give weights of that backbone."
         )
     return weights.backbone, {**weights.backbone_args, **backbone_args}
 
