@@ -18,6 +18,7 @@ tests/learning.py::output_std).
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import sys
 import tempfile
@@ -45,6 +46,9 @@ def main() -> None:
     parser.add_argument("--collapse", type=int, metavar="STEPS",
                         help="simsiam only: the output std x sqrt(d) after STEPS steps with and without stop-gradient "
                         "(tests/test_simsiam.py's miniature of Figure 2)")
+    parser.add_argument("--test-settings", action="store_true",
+                        help="train with the method's slow-test setting (tests/learning.py SETTINGS; --epochs, "
+                        "--method-args and --overrides then update it)")
     parser.add_argument("--no-write", action="store_true", help="print only")
     args = parser.parse_args()
     if args.collapse:
@@ -56,19 +60,29 @@ def main() -> None:
                "seconds": round(time.time() - start, 1), "hardware": hardware("cpu"), "date": time.strftime("%Y-%m-%d")}
         return write(row, args.no_write)
     method_args, overrides = json.loads(args.method_args), json.loads(args.overrides)
+    if args.test_settings:
+        from tests.learning import SETTINGS
+
+        base = copy.deepcopy(SETTINGS[args.method])
+        method_args = {**base.pop("method_args", {}), **method_args}
+        overrides = {**base, **overrides}
+        if "--epochs" not in sys.argv:
+            args.epochs = overrides.pop("epochs", args.epochs)
+        overrides.pop("epochs", None)
 
     start = time.time()
     with tempfile.TemporaryDirectory(prefix=f"learning-{args.method}-") as tmp:
         summary = learning_run(args.method, Path(tmp), epochs=args.epochs, seed=args.seed, method_args=method_args, **overrides)
         records = read_metrics(summary["run_dir"])
         std = None
-        if args.method in ("byol", "simsiam", "swav", "dino"):
+        if args.method in ("byol", "simsiam", "swav", "dino", "barlow_twins", "vicreg"):
             value, dim = output_std(summary)
             std = {"std": value, "dim": dim, "std_sqrt_d": value * dim**0.5}
     losses = [r["loss"] for r in records if "loss" in r]
     row = {
         "method": args.method, "seed": args.seed, "epochs": args.epochs, "method_args": method_args,
-        "overrides": overrides, "knn_top1": summary["knn_top1"], "knn_random_top1": summary["knn_random_top1"],
+        "overrides": overrides, "test_settings": args.test_settings, "knn_k": summary.get("knn_k"),
+        "knn_top1": summary["knn_top1"], "knn_random_top1": summary["knn_random_top1"],
         "gain": summary["knn_top1"] - summary["knn_random_top1"],
         "knn_by_epoch": [(r.get("epoch"), r["knn_top1"]) for r in records if "knn_top1" in r],
         "loss_first": losses[:1], "loss_last": losses[-1:], "projection": std,
