@@ -28,7 +28,7 @@ class TrainConfig:
     # what to train
     method: str = "simclr"  # a registered method (`selfsup methods`)
     method_args: dict[str, Any] = field(default_factory=dict)  # fields of the method's Config
-    backbone: str | None = None  # registered backbone; default resnet18 (tiny for the digits demo)
+    backbone: str | None = None  # registered backbone; default: the method's (MAE: vit_small), else resnet18 (tiny for the digits demo)
     backbone_args: dict[str, Any] = field(default_factory=dict)  # e.g. cifar_stem, norm, patch_size
     # data
     data: str = "digits"  # digits | cifar10 | cifar100 | a folder | a packed .npz
@@ -54,6 +54,7 @@ class TrainConfig:
     weight_decay_end: float | None = None  # cosine weight-decay schedule to this value (DINO)
     momentum: float = 0.9  # SGD/LARS momentum
     grad_clip: float | None = None  # clip the global gradient norm; default: the method's
+    adamw_betas: tuple[float, float] | None = None  # AdamW's (beta1, beta2); default: the method's (MAE: 0.9, 0.95), else (0.9, 0.999)
     # precision and speed
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU
@@ -81,8 +82,15 @@ class TrainConfig:
     def method_defaults(self) -> dict[str, Any]:
         from ..methods import get
 
-        backbone = self.backbone or SOURCE_DEFAULTS.get(self.data, GENERIC_DEFAULTS).get("backbone", GENERIC_DEFAULTS["backbone"])
-        return get(self.method).optim_defaults_for(backbone)
+        return get(self.method).optim_defaults_for(self.default_backbone())
+
+    def default_backbone(self) -> str:
+        """The backbone a run uses: the config's, else the method's (a method that needs a ViT
+        names one), else the data source's default."""
+        from ..methods import get
+
+        source = SOURCE_DEFAULTS.get(self.data, GENERIC_DEFAULTS).get("backbone", GENERIC_DEFAULTS["backbone"])
+        return self.backbone or get(self.method).default_backbone or source
 
     def resolve(self) -> TrainConfig:
         """Fill every ``None`` from the method's and the data source's defaults, then validate."""
@@ -92,7 +100,9 @@ class TrainConfig:
         make_config(self.method, self.method_args)  # unknown method keys -> error
         values = dataclasses.asdict(self)
         source = SOURCE_DEFAULTS.get(self.data, GENERIC_DEFAULTS)
-        optim = {"optimizer": "sgd", "lr": 0.05, "weight_decay": 5e-4, "grad_clip": None, **self.method_defaults()}
+        optim = {"optimizer": "sgd", "lr": 0.05, "weight_decay": 5e-4, "grad_clip": None, "adamw_betas": (0.9, 0.999),
+                 **self.method_defaults()}
+        values["backbone"] = self.default_backbone()
         for key, value in {**GENERIC_DEFAULTS, **source, **optim}.items():
             if key in values and values[key] is None:
                 values[key] = value
@@ -122,6 +132,8 @@ class TrainConfig:
                 raise ConfigError(f"{name} must be >= 0, got {value}.")
         if self.grad_clip is not None and self.grad_clip <= 0:
             raise ConfigError(f"grad_clip must be > 0 (or null to disable), got {self.grad_clip}.")
+        if self.adamw_betas is not None and not all(0.0 <= beta < 1.0 for beta in self.adamw_betas):
+            raise ConfigError(f"adamw_betas must be two numbers in [0, 1), got {list(self.adamw_betas)} (e.g. [0.9, 0.999]).")
         if self.knn_k <= 0 or self.knn_temperature <= 0:
             raise ConfigError(f"knn_k and knn_temperature must be > 0, got {self.knn_k} and {self.knn_temperature}.")
         if not 0 <= self.momentum < 1:

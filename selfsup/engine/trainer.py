@@ -266,7 +266,8 @@ class Trainer:
         self.total_steps = min(total, config.max_steps) if config.max_steps else total
         peak = scaled_lr(config.lr, config.batch_size, config.lr_scaling)
         self.optimizer = build_optimizer(
-            self.method.param_groups(), config.optimizer, peak, config.weight_decay, config.momentum
+            self.method.param_groups(), config.optimizer, peak, config.weight_decay, config.momentum,
+            tuple(config.adamw_betas or (0.9, 0.999)),
         )
         warmup = int(round(config.warmup_epochs * self.steps_per_epoch))
         self.lr_schedule = cosine_schedule(peak, peak * config.min_lr_ratio, total, warmup)
