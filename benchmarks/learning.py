@@ -62,7 +62,7 @@ def main() -> None:
         summary = learning_run(args.method, Path(tmp), epochs=args.epochs, seed=args.seed, method_args=method_args, **overrides)
         records = read_metrics(summary["run_dir"])
         std = None
-        if args.method in ("byol", "simsiam", "swav", "dino"):
+        if args.method in ("byol", "simsiam", "swav", "dino", "barlow_twins", "vicreg"):
             value, dim = output_std(summary)
             std = {"std": value, "dim": dim, "std_sqrt_d": value * dim**0.5}
     losses = [r["loss"] for r in records if "loss" in r]
