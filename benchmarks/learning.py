@@ -72,6 +72,7 @@ def main() -> None:
         "gain": summary["knn_top1"] - summary["knn_random_top1"],
         "knn_by_epoch": [(r.get("epoch"), r["knn_top1"]) for r in records if "knn_top1" in r],
         "loss_first": losses[:1], "loss_last": losses[-1:], "projection": std,
+        "precision": summary.get("precision"), "channels_last": summary.get("channels_last"),
         "seconds": round(time.time() - start, 1), "hardware": hardware("cpu"),
         "date": time.strftime("%Y-%m-%d"),
     }

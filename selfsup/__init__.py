@@ -3,7 +3,15 @@
 Data flows one way: source -> uint8 batch -> views -> method -> loss -> engine.
 """
 
-from .errors import SelfsupError
+import os
+
+# Idle OpenMP threads sleep instead of spinning. libgomp reads this when it loads, so it must be set
+# before torch is imported (the command line and the benchmarks import selfsup first). On a busy
+# machine spinning threads made small tensor ops up to 100x slower; on a quiet one the difference
+# was within noise. A value the user set is kept.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+from .errors import SelfsupError  # noqa: E402
 
 __version__ = "0.1.0"
 __all__ = ["SelfsupError", "__version__", "load_backbone"]

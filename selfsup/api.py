@@ -74,7 +74,8 @@ def load_backbone(source: str | Path, device: str | torch.device = "auto", encod
     :class:`Representation` of the whole method; ``encoder`` picks another backbone of the method
     by attribute name instead.
     """
-    from .engine.trainer import build_recipe, pick_device
+    from .engine.hardware import pick_device
+    from .engine.trainer import build_recipe
     from .eval.export import Preprocess, attach_preprocess, load_export
 
     torch_device = pick_device(str(device))

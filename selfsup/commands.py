@@ -154,7 +154,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     from .engine import build_recipe, load_method
     from .engine.checkpoint import CheckpointError
     from .engine.evaluate import eval_datasets
-    from .engine.trainer import autocast_dtype, pick_device
+    from .engine.hardware import autocast_dtype, pick_device
     from .errors import DataError
     from .eval.report import write_report
 

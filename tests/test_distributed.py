@@ -99,6 +99,9 @@ def case_config(case: str, root: Path, name: str, max_steps: int = STEPS) -> Tra
         # kNN (on features gathered from both ranks) before and after training, on 40 test images
         train_subset=32, test_subset=40, eval_every=0, batch_size=BATCH, epochs=2, max_steps=max_steps, log_every=1,
         run_dir=str(root / case), name=name, progress=False, device="cpu", seed=3,
+        # The equality proof is of float32 arithmetic: under bf16 autocast the split batch rounds
+        # differently (relative ~1e-2), which says nothing about what crosses the processes.
+        precision="fp32",
     )
     values.update(extra)
     return TrainConfig(**values)

@@ -57,8 +57,10 @@ class TrainConfig:
     adamw_betas: tuple[float, float] | None = None  # AdamW's (beta1, beta2); default: the method's (MAE: 0.9, 0.95), else (0.9, 0.999)
     # precision and speed
     device: str = "auto"  # auto | cpu | cuda | cuda:N
-    precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU
-    channels_last: bool = True  # NHWC memory format on CUDA
+    # auto: bf16 autocast on CUDA and on CPUs that compute bf16 natively (AVX512-BF16, AMX), float32
+    # elsewhere; losses, softmaxes, Sinkhorn, EMA and BN statistics stay float32 (engine/hardware.py)
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    channels_last: bool = True  # NHWC memory format for images and convolutions (CUDA and CPU)
     compile: bool = False  # torch.compile the method's forward
     deterministic: bool = False  # deterministic kernels (CPU runs resume bit-exactly either way)
     seed: int = 0

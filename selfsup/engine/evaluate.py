@@ -16,7 +16,8 @@ from ..eval.finetune import finetune, low_label_subset
 from ..methods import Method
 from . import checkpoint as ckpt
 from .config import TrainConfig
-from .trainer import autocast_dtype, build_method, build_recipe, pick_device
+from .hardware import autocast_dtype, pick_device
+from .trainer import build_method, build_recipe
 
 
 def load_method(path_or_run: str | Path, device: str | torch.device = "cpu", random_init: bool = False) -> tuple[Method, TrainConfig, int]:

@@ -36,31 +36,11 @@ from ..nn import all_reduce_mean, create_backbone, ema_update, get_rank, get_wor
 from . import checkpoint as ckpt
 from . import distributed
 from .config import TrainConfig
+from .hardware import autocast_dtype, choose_compute, configure_cpu_threads, pick_device  # noqa: F401 (re-exported)
 from .lock import RunLock
 from .logger import MetricsLogger
 from .logger import Progress as ProgressBar
 from .optim import apply_schedule, build_optimizer, cosine_schedule, scaled_lr
-
-
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except (RuntimeError, ValueError, TypeError):
-        raise ConfigError(f"unknown device '{name}'; use auto, cpu, cuda or cuda:N.") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"device '{name}' was asked for but CUDA is not available; use device=cpu or auto.")
-    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
-        raise ConfigError(f"device '{name}' does not exist: this machine has {torch.cuda.device_count()} CUDA device(s).")
-    return device
-
-
-def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
-    """bf16 autocast on CUDA by default; fp32 on the CPU (bf16 matmuls there are slow and lossy)."""
-    if precision == "bf16" or (precision == "auto" and device.type == "cuda"):
-        return torch.bfloat16
-    return None
 
 
 def seed_everything(seed: int) -> None:
@@ -224,7 +204,12 @@ class Trainer:
         self.device = distributed.setup(pick_device(config.device))
         self.rank, self.world_size = get_rank(), get_world_size()
         self.is_main = self.rank == 0
-        self.amp_dtype = autocast_dtype(config.precision, self.device)
+        if self.device.type == "cpu":
+            configure_cpu_threads()
+        self.compute = choose_compute(config.precision, config.channels_last, self.device)
+        self.amp_dtype = self.compute.autocast_dtype
+        if self.is_main:
+            print(f"selfsup: computing in {self.compute.reason}", file=sys.stderr)
         if config.deterministic:
             torch.use_deterministic_algorithms(True, warn_only=True)
         if self.device.type == "cuda":
@@ -252,7 +237,7 @@ class Trainer:
         if self.world_size > 1 and sync_bn:
             self.method = distributed.convert_sync_batchnorm(self.method, self.device)
         self._local_bns = distributed.local_batchnorms(self.method) if self.world_size > 1 else []
-        if self.device.type == "cuda" and config.channels_last:
+        if self.compute.channels_last:
             self.method = self.method.to(memory_format=torch.channels_last)
         self.recipe = build_recipe(config, self.method, self.image_size)
         check_views_memory(self.recipe, config.batch_size // self.world_size, self.device)
@@ -473,7 +458,7 @@ class Trainer:
         # Parameters drawn for the global batch, this rank's slice kept: the views do not depend
         # on the number of processes.
         views = self.recipe(images, self.augment_generator, shard=(self.rank, self.world_size))
-        if self.device.type == "cuda" and self.config.channels_last:
+        if self.compute.channels_last:
             views = [v.contiguous(memory_format=torch.channels_last) if v.dim() == 4 else v for v in views]
         return views
 
@@ -744,6 +729,8 @@ class Trainer:
             "wall_time_s": round(wall_time, 2),
             "images_per_s": round(steps_run * self.config.batch_size / max(wall_time, 1e-9), 1),
             "device": str(self.device),
+            "precision": self.compute.precision,
+            "channels_last": self.compute.channels_last,
             "checkpoint": str(path) if path else None,
             "skipped_steps": state.extra.get("skipped_steps", 0),
         }

@@ -191,20 +191,21 @@ class MoCo(Method):
 
     @torch.no_grad()
     def keys(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """L2-normalized keys of this process's images and of the global batch (rank order)."""
+        """L2-normalized keys (float32 even under autocast: the queue holds unit vectors) of this
+        process's images and of the global batch (rank order)."""
         world, rank, batch = get_world_size(), get_rank(), images.shape[0]
         groups = self.bn_groups(batch, world)
         for bn in self._split_bns:
             bn.groups = groups // world
         if groups == 1:
-            keys = F.normalize(self.key_head(self.key_backbone(images)), dim=1)
+            keys = F.normalize(self.key_head(self.key_backbone(images)).float(), dim=1)
             return keys, gather(keys)
         everything = gather(images)
         order = torch.randperm(everything.shape[0], device=images.device)
         if is_distributed():
             dist.broadcast(order, src=0)  # one permutation for all ranks
         mine = order.view(world, batch)[rank]
-        shuffled = gather(F.normalize(self.key_head(self.key_backbone(everything[mine])), dim=1))
+        shuffled = gather(F.normalize(self.key_head(self.key_backbone(everything[mine])).float(), dim=1))
         all_keys = torch.empty_like(shuffled).index_copy_(0, order, shuffled)  # undo the shuffle
         return all_keys[rank * batch : (rank + 1) * batch], all_keys
 

@@ -1,0 +1,131 @@
+"""Where a run computes and how fast it can: the device, the precision and memory layout that run
+at full speed there, and the CPU's threads.
+
+On CUDA, bf16 autocast and channels_last are the usual choice. Many CPUs now compute bf16 natively
+too (x86 with AVX512-BF16 or AMX): there one SimCLR step with bf16 autocast and channels_last
+measured 3-4.5x (tiny convnet) and 2.4-2.6x (ResNet-18) the float32 step (BENCHMARKS.md,
+``benchmarks/throughput.py --precision-grid``). Losses, softmaxes, Sinkhorn, EMA updates and BN
+statistics stay float32 whatever the autocast (each loss leaves autocast itself), exactly as on CUDA.
+Older CPUs emulate bf16 slowly, so ``precision: auto`` keeps float32 there.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from functools import lru_cache
+
+import torch
+
+from ..errors import ConfigError
+
+
+def pick_device(name: str) -> torch.device:
+    """``auto`` (CUDA when present, else the CPU), ``cpu``, ``cuda`` or ``cuda:N``, checked."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError, TypeError):
+        raise ConfigError(f"unknown device '{name}'; use auto, cpu, cuda or cuda:N.") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device '{name}' was asked for but CUDA is not available; use device=cpu or auto.")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise ConfigError(f"device '{name}' does not exist: this machine has {torch.cuda.device_count()} CUDA device(s).")
+    return device
+
+
+# CPU features with which oneDNN computes bf16 matmuls and convolutions natively (not emulated).
+NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
+
+
+@lru_cache(maxsize=1)
+def cpu_capabilities() -> dict[str, object]:
+    """PyTorch's view of the CPU (``torch.cpu.get_capabilities``: instruction sets, physical cores);
+    on builds without it, the flags of /proc/cpuinfo."""
+    get = getattr(torch.cpu, "get_capabilities", None)
+    if get is not None:
+        try:
+            return dict(get())
+        except (RuntimeError, AttributeError):
+            pass
+    flags: set[str] = set()
+    try:
+        with open("/proc/cpuinfo") as handle:
+            for line in handle:
+                if line.startswith("flags"):
+                    flags.update(line.split(":", 1)[1].split())
+                    break
+    except OSError:
+        pass
+    return {flag: True for flag in flags}
+
+
+def cpu_native_bf16() -> str | None:
+    """The CPU feature that makes bf16 fast here (``avx512_bf16`` or ``amx_bf16``), or None."""
+    caps = cpu_capabilities()
+    for flag in NATIVE_BF16_FLAGS:
+        if caps.get(flag):
+            return flag
+    return None
+
+
+@dataclass(frozen=True)
+class Compute:
+    """What a run computes in: the autocast dtype (None: float32), whether 4-D tensors are
+    channels_last, and one line that says why (printed when a run starts)."""
+
+    autocast_dtype: torch.dtype | None
+    channels_last: bool
+    reason: str
+
+    @property
+    def precision(self) -> str:
+        return "bf16" if self.autocast_dtype == torch.bfloat16 else "fp32"
+
+
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """bf16 autocast for ``precision: bf16``, and for ``auto`` on CUDA and on CPUs that compute
+    bf16 natively; float32 (None) otherwise."""
+    return choose_compute(precision, False, device).autocast_dtype
+
+
+def choose_compute(precision: str, channels_last: bool, device: torch.device) -> Compute:
+    """Resolve ``precision`` (auto | fp32 | bf16) and ``channels_last`` for ``device``."""
+    if precision == "bf16":
+        dtype, why = torch.bfloat16, "precision=bf16"
+    elif precision == "fp32":
+        dtype, why = None, "precision=fp32"
+    elif device.type == "cuda":
+        dtype, why = torch.bfloat16, "auto: CUDA"
+    elif device.type == "cpu" and (flag := cpu_native_bf16()):
+        dtype, why = torch.bfloat16, f"auto: this CPU computes bf16 natively ({flag})"
+    else:
+        dtype, why = None, f"auto: {'this CPU has no native bf16 (AVX512-BF16 or AMX)' if device.type == 'cpu' else device.type}"
+    # NHWC is faster on CUDA (tensor cores) and on the CPU (oneDNN's blocked convolutions), in
+    # float32 as in bf16 (benchmarks/throughput.py --precision-grid); other devices keep NCHW.
+    layout = bool(channels_last) and device.type in ("cuda", "cpu")
+    line = f"{'bf16 autocast' if dtype else 'float32'} ({why}), {'channels_last' if layout else 'contiguous (NCHW)'} tensors"
+    return Compute(dtype, layout, line)
+
+
+def physical_cores() -> int:
+    """Physical CPU cores (hyper-threads share one core's arithmetic units)."""
+    cores = cpu_capabilities().get("num_physical_cores")
+    if isinstance(cores, int) and cores > 0:
+        return cores
+    return max(1, (os.cpu_count() or 2) // 2)
+
+
+def configure_cpu_threads() -> int:
+    """Intra-op threads = physical cores, unless the user set ``OMP_NUM_THREADS`` or
+    ``TORCH_NUM_THREADS``; returns the count. Idle OpenMP threads sleep rather than spin
+    (``OMP_WAIT_POLICY=PASSIVE``, set in ``selfsup/__init__.py`` before torch loads: on a busy
+    machine spinning threads made small tensor ops up to 100x slower, on a quiet one the
+    difference is within noise)."""
+    if os.environ.get("OMP_NUM_THREADS") or os.environ.get("TORCH_NUM_THREADS"):
+        return torch.get_num_threads()
+    threads = physical_cores()
+    if torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
+    return threads
