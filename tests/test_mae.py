@@ -147,6 +147,27 @@ def test_mae_refuses_a_backbone_without_patch_tokens_and_bad_settings() -> None:
     for bad in ({"mask_ratio": 1.0}, {"decoder_dim": 30}, {"decoder_heads": 0}):
         with pytest.raises(ConfigError):
             small_mae(**bad)
+    with pytest.raises(ConfigError, match="global_pool"):
+        methods.create("mae", backbone=create_backbone("vit_tiny", 32, **SMALL, global_pool="avg"), **DECODER)
+
+
+def test_mae_defaults_to_a_vit_and_adamw_with_its_betas(tmp_path, data_dir) -> None:
+    from selfsup.engine import TrainConfig, Trainer
+
+    resolved = TrainConfig(method="mae", data="cifar10").resolve()
+    assert resolved.backbone == "vit_small" and resolved.optimizer == "adamw"
+    assert tuple(resolved.adamw_betas) == (0.9, 0.95) and resolved.lr == pytest.approx(1.5e-4)
+    assert tuple(TrainConfig(method="dino", data="cifar10").resolve().adamw_betas) == (0.9, 0.999)
+    with pytest.raises(ConfigError, match="adamw_betas"):
+        TrainConfig(method="mae", adamw_betas=(0.9, 1.5)).resolve()
+    trainer = Trainer(TrainConfig(
+        method="mae", method_args=DECODER, backbone="vit_tiny", backbone_args=SMALL, data="cifar10", data_dir=str(data_dir),
+        train_subset=16, batch_size=16, epochs=1, run_dir=str(tmp_path), name="betas", progress=False, device="cpu",
+    ))
+    try:
+        assert {tuple(group["betas"]) for group in trainer.optimizer.param_groups} == {(0.9, 0.95)}
+    finally:
+        trainer.close()
 
 
 def test_report_images_show_the_masked_input_its_reconstruction_and_the_original() -> None:

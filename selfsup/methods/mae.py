@@ -117,6 +117,8 @@ class MAE(Method):
         config.validate()
         super().__init__(backbone, config)
         body = vit_body(backbone, "mae")
+        if getattr(body, "global_pool", "token") != "token":  # pooled features would bypass the trained final norm
+            raise ConfigError(f"mae's probes read the [CLS] token; backbone global_pool must be 'token', got '{body.global_pool}'.")
         self.patch_size = int(body.patch_embed.patch_size[0])
         num_patches = int(body.patch_embed.num_patches)
         in_channels = int(backbone.build_args.get("in_channels", 3))
