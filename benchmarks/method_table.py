@@ -81,7 +81,7 @@ def run_one(args: argparse.Namespace) -> dict[str, Any]:
 
     from selfsup.engine import TrainConfig, Trainer, train
     from selfsup.engine.logger import read_metrics
-    from selfsup.engine.trainer import autocast_dtype, pick_device
+    from selfsup.engine.trainer import pick_device
     from tests.learning import output_std
 
     settings = settings_for(args.one, args.vit_row)
@@ -94,7 +94,7 @@ def run_one(args: argparse.Namespace) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix=f"table-{args.one}-") as tmp:
         calibration = Trainer(TrainConfig(**{**values, "run_dir": tmp, "name": "calibration"}))
         try:
-            batches = calibration.loader.epoch(0)
+            batches = (batch for epoch in range(10**6) for batch in calibration.loader.epoch(epoch))
             warmup, timed = 3, args.calibration_steps
             for i in range(warmup + timed):
                 if i == warmup:
@@ -104,7 +104,6 @@ def run_one(args: argparse.Namespace) -> dict[str, Any]:
             float(loss)  # wait for the device
             step_s = (time.perf_counter() - start) / timed
             steps_per_epoch = calibration.steps_per_epoch
-            precision = str(autocast_dtype(calibration.config.precision, calibration.device) or "float32")
         finally:
             calibration.close()
         del calibration
@@ -126,7 +125,7 @@ def run_one(args: argparse.Namespace) -> dict[str, Any]:
         "images_seen": summary["steps"] * resolved.batch_size, "batch_size": resolved.batch_size, "epochs": epochs,
         "knn_final": summary["knn_top1"], "knn_best": summary["best_knn_top1"], "knn_random": summary["knn_random_top1"],
         "output_std_sqrt_d": std, "peak_mib": round(peak_memory_mib(pick_device(args.device)), 1),
-        "precision": precision, "wall_s_with_knn": round(elapsed, 1), "settings": settings,
+        "precision": summary.get("precision"), "wall_s_with_knn": round(elapsed, 1), "settings": settings,
         "train_subset": args.train_subset, "test_subset": args.test_subset, "hardware": hardware(pick_device(args.device)),
         "torch_threads": torch.get_num_threads(), "date": time.strftime("%Y-%m-%d"),
     }
