@@ -164,14 +164,14 @@ class MAE(Method):
         patches = patchify(x, self.patch_size)
         prediction = prediction.float()
         if self.config.normalize_target:
-            std = torch.sqrt(patches.var(dim=-1, keepdim=True) + 1e-6)
-            prediction = prediction * std + patches.mean(dim=-1, keepdim=True)
+            patch_std = torch.sqrt(patches.var(dim=-1, keepdim=True) + 1e-6)
+            prediction = prediction * patch_std + patches.mean(dim=-1, keepdim=True)
         keep = (1 - mask).unsqueeze(-1)
-        mean = torch.tensor(IMAGENET_MEAN, device=x.device).view(1, 3, 1, 1)
-        grey = patchify(((0.5 - mean) / torch.tensor(IMAGENET_STD, device=x.device).view(1, 3, 1, 1)).expand_as(x), self.patch_size)
+        mean, std = (torch.tensor(v, device=x.device).view(1, 3, 1, 1) for v in (IMAGENET_MEAN, IMAGENET_STD))
+        grey = patchify(((0.5 - mean) / std).expand_as(x), self.patch_size)  # 0.5 in every channel, normalized
 
         def to_uint8(p: torch.Tensor) -> torch.Tensor:
-            rgb = unpatchify(p, self.patch_size) * torch.tensor(IMAGENET_STD, device=x.device).view(1, 3, 1, 1) + mean
+            rgb = unpatchify(p, self.patch_size) * std + mean
             return (rgb.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu()
 
         columns = {
