@@ -43,8 +43,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import DEFAULT_DATA_DIR, hardware, peak_memory_mib, update_section  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "method_table.jsonl"
-# The tiny ViT: ViT-Tiny's design cut to 4 blocks of 96 channels (3 heads), patch 4 on 32 px.
-TINY_VIT = {"depth": 4, "embed_dim": 96, "num_heads": 3}
+from tests.learning import TINY_VIT  # noqa: E402  (ViT-Tiny cut to 4 blocks of 96 channels, patch 4)
 # Each method's recipe at CPU scale: the settings of its slow learning test (tests/test_*.py), where
 # the paper's ImageNet values did not move the tiny network (reasons in those tests' docstrings).
 SETTINGS: dict[str, dict[str, Any]] = {
@@ -61,9 +60,9 @@ SETTINGS: dict[str, dict[str, Any]] = {
         "proj_layers": 2, "proj_hidden_dim": 512, "proj_output_dim": 512, "pred_hidden_dim": 128}},
     "swav": {"lr": 0.15, "augment": {"num_local": 2}, "method_args": {"epsilon": 0.03}},  # tests/test_swav.py
     "dino": {"batch_size": 64, "augment": {"num_local": 2}},  # tests/test_dino.py
-    "barlow_twins": {},  # tests/test_barlow_vicreg.py (learning tests)
-    "vicreg": {},
-    "mae": {"backbone": "vit_tiny", "backbone_args": TINY_VIT,  # tests/test_mae.py (learning test)
+    "barlow_twins": {"lr": 1.0, "augment": {"crop_scale": (0.2, 1.0)}, "method_args": {"scale_loss": 0.1}},  # tests/test_barlow_vicreg.py
+    "vicreg": {"method_args": {"proj_hidden_dim": 1024, "proj_output_dim": 1024}},  # tests/test_barlow_vicreg.py
+    "mae": {"backbone": "vit_tiny", "backbone_args": TINY_VIT, "batch_size": 64, "lr": 0.004,  # tests/test_mae.py
             "method_args": {"decoder_dim": 64, "decoder_depth": 2, "decoder_heads": 4}},
 }
 
