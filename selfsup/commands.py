@@ -164,7 +164,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     run_dir = _run_dir_of(path)
     device = pick_device(args.device)
     notes: list[str] = []
-    method = recipe = train = test = config = None
+    method = recipe = train = test = config = method_images = None
     try:
         method, config, image_size = load_method(path, device)
     except CheckpointError as exc:
@@ -179,14 +179,32 @@ def cmd_report(args: argparse.Namespace) -> int:
             train = load_dataset(args.data or config.data, "train", data_dir=args.data_dir or config.data_dir,
                                  image_size=image_size, limit=8, seed=config.seed)
         attention = _attention_hook(method, test if test is not None else train, device, notes)
+        method_images = _method_images(method, test if test is not None else train)
     page = write_report(
         run_dir, method=method, recipe=recipe, train=train, test=test, device=device,
         crop_size=recipe.views[0].size if recipe is not None else None,
         autocast_dtype=autocast_dtype(config.precision, device) if config is not None else None,
-        map_algorithm=args.map_algorithm, queries=args.queries, k=args.k, attention=attention, notes=notes,
+        map_algorithm=args.map_algorithm, queries=args.queries, k=args.k, attention=attention,
+        method_images=method_images, notes=notes,
     )
     print(f"wrote {page}")
     return 0
+
+
+def _method_images(method: Any, dataset: Any, count: int = 6) -> Any:
+    """The method's own pictures of ``count`` images (``Method.report_images``: MAE's
+    reconstructions), or None when it has none."""
+    if getattr(dataset, "images", None) is None:
+        return None
+    import torch
+
+    was_training = method.training
+    method.eval()
+    try:
+        with torch.no_grad():
+            return method.report_images(dataset.images[:count].to(next(method.parameters()).device))
+    finally:
+        method.train(was_training)
 
 
 def _attention_hook(method: Any, dataset: Any, device: Any, notes: list[str], count: int = 4) -> Any:

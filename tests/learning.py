@@ -24,6 +24,10 @@ from selfsup.losses import normalized_output_std
 
 from .conftest import shared_data_dir
 
+# The tiny ViT of the CPU learning tests (MAE): ViT-Tiny's design (timm's vit_tiny_patch16_224) cut
+# to 4 blocks of 96 channels with 3 heads, patch 4 on 32 px images (64 patches); 0.46 M parameters.
+TINY_VIT = {"depth": 4, "embed_dim": 96, "num_heads": 3}
+
 
 def learning_run(
     method: str,
@@ -64,7 +68,7 @@ def output_std(summary: dict[str, Any], images: int = 1000) -> tuple[float, int]
     built on, averaged over channels, and the embedding's dimension d. Spread outputs give about
     1/sqrt(d), a collapsed one (every image the same direction) 0.
 
-    The embedding is the projector's output for BYOL, SimSiam and SwAV (SwAV scores it against the
+    The embedding is the projector's output for BYOL, SimSiam, SwAV, Barlow Twins and VICReg (SwAV scores it against the
     prototypes), and DINO's teacher head bottleneck (the L2-normalized vector its last layer maps
     to K outputs; the teacher is what DINO evaluates)."""
     from selfsup.data import load_dataset

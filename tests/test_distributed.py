@@ -10,7 +10,9 @@ run resumed on one process from the 2-process checkpoint.
 
 Each method runs as its paper runs on several GPUs: BN synchronized where the paper does (SimCLR,
 BYOL, SimSiam, MoCo v3, SwAV, DINO), per process where it does not (MoCo v1/v2, whose shuffling BN
-depends on it, InstDisc, CMC); CPC has no BN. The one-process reference of a per-process-BN
+depends on it, InstDisc, CMC); CPC and MAE (a ViT) have no BN. Barlow Twins' standardization and
+cross-correlation and VICReg's variance and covariance are statistics of the batch: they must be
+the global batch's, which these tests check too. The one-process reference of a per-process-BN
 method normalizes each half of the batch on its own (``emulate_per_process_bn``), exactly what
 two processes do. Two steps, so that the after-step hooks (queue, bank, centre, EMA, prototypes)
 have acted before the second forward reads them. Randomness: the augmentation draws its
@@ -85,7 +87,12 @@ METHOD_ARGS: dict[str, dict[str, Any]] = {
              "queue_start_epoch": 0.0, "freeze_prototypes_epochs": 0.0},
     "dino": {"out_dim": 64, "hidden_dim": 32, "bottleneck_dim": 16, "freeze_last_layer_epochs": 0.0},
     "cpc": {"prediction_steps": 2, "context_blocks": 2},
+    "barlow_twins": {"proj_hidden_dim": 32, "proj_output_dim": 16},
+    "vicreg": {"proj_hidden_dim": 32, "proj_output_dim": 16},
+    "mae": {"decoder_dim": 16, "decoder_depth": 1, "decoder_heads": 2},
 }
+# The tiny convnet unless a method needs another kind (MAE masks a ViT's patch tokens).
+BACKBONES: dict[str, tuple[str, dict[str, Any]]] = {"mae": ("vit_tiny", {"depth": 1, "embed_dim": 16, "num_heads": 2})}
 AUGMENT: dict[str, dict[str, Any]] = {"swav": {"num_local": 2}, "dino": {"num_local": 2}}
 # SimCLR also trains the online probe.
 # BYOL: lr 0.2 and weight decay 1.5e-6, the defaults the tolerance below was set with. The engine now
@@ -102,7 +109,8 @@ def case_config(case: str, root: Path, name: str, max_steps: int = STEPS) -> Tra
     extra = {**EXTRA.get(method, {}), **({"sync_bn": False} if case == NEGATIVE_CONTROL else {})}
     values = dict(
         method=method, method_args=METHOD_ARGS.get(method, {}), augment=AUGMENT.get(method, {}),
-        backbone="tiny", backbone_args={"width": 8}, data="cifar10", data_dir=str(shared_data_dir()),
+        backbone=BACKBONES.get(method, ("tiny",))[0], backbone_args=BACKBONES.get(method, ("tiny", {"width": 8}))[1],
+        data="cifar10", data_dir=str(shared_data_dir()),
         # kNN (on features gathered from both ranks) before and after training, on 40 test images
         train_subset=32, test_subset=40, eval_every=0, batch_size=BATCH, epochs=2, max_steps=max_steps, log_every=1,
         run_dir=str(root / case), name=name, progress=False, device="cpu", seed=3,

@@ -55,6 +55,44 @@ EXPECTED: dict[str, dict[str, Any]] = {
         "method_details": {"temperature": 0.2, "projector": {"dims": [512, 2048, 256], "batch_norms": 0, "last_bn": None}},
         "ema_momentum": None,
     },
+    # solo-learn scripts/pretrain/cifar/barlow.yaml (+ augmentations/asymmetric.yaml, solo/methods/barlow_twins.py)
+    "barlow_twins_cifar10": {
+        "data": {"batch_size": 256, "epochs": 1000},
+        "optimizer": {"class": "LARS", "peak_lr": 0.3, "groups": [{"weight_decay": 1e-4, **SOLO_LARS[0]}, SOLO_LARS[1]]},
+        "schedule": {**solo_lr(0.3), "weight_decay": {"constant": 1e-4}},
+        "views": {"name": "byol", "views": [
+            {"count": 1, "size": 32, "crop_scale": [0.08, 1.0], "jitter_p": 0.8, **BYOL_JITTER, "grayscale_p": 0.2, "blur_p": 0.0, "solarize_p": 0.0},
+            {"count": 1, "size": 32, "crop_scale": [0.08, 1.0], "jitter_p": 0.8, **BYOL_JITTER, "grayscale_p": 0.2, "blur_p": 0.0, "solarize_p": 0.2},
+        ]},
+        "method_details": {"lambda": 0.0051, "scale_loss": 0.1, "projector": {"dims": [512, 2048, 2048, 2048], "batch_norms": 2}},
+        "ema_momentum": None,
+    },
+    # solo-learn scripts/pretrain/cifar/vicreg.yaml (its own augmentations list; solo/methods/vicreg.py)
+    "vicreg_cifar10": {
+        "data": {"batch_size": 256, "epochs": 1000},
+        "optimizer": {"class": "LARS", "peak_lr": 0.3, "groups": [{"weight_decay": 1e-4, **SOLO_LARS[0]}, SOLO_LARS[1]]},
+        "schedule": {**solo_lr(0.3), "weight_decay": {"constant": 1e-4}},
+        "views": {"views": [
+            {"count": 1, "size": 32, "crop_scale": [0.2, 1.0], "flip_p": 0.5, "jitter_p": 0.8, **BYOL_JITTER, "grayscale_p": 0.2, "blur_p": 0.0, "solarize_p": 0.1},
+            {"count": 1, "size": 32, "crop_scale": [0.2, 1.0], "flip_p": 0.5, "jitter_p": 0.8, **BYOL_JITTER, "grayscale_p": 0.2, "blur_p": 0.0, "solarize_p": 0.1},
+        ]},
+        "method_details": {"weights": [25.0, 25.0, 1.0], "projector": {"dims": [512, 2048, 2048, 2048], "batch_norms": 2}},
+        "ema_momentum": None,
+    },
+    # facebookresearch/mae main_pretrain.py, PRETRAIN.md, models_mae.py at solo-learn's CIFAR scale (scripts/pretrain/cifar/mae.yaml)
+    "mae_cifar10": {
+        "backbone": "vit_small",
+        "backbone_args": {"patch_size": 4, "image_size": 32},
+        "data": {"batch_size": 256, "epochs": 1000},
+        "optimizer": {"class": "AdamW", "peak_lr": 1.5e-4, "groups": [
+            {"weight_decay": 0.05, "betas": [0.9, 0.95]}, {"weight_decay": 0.0, "betas": [0.9, 0.95]}]},
+        "schedule": {"warmup_epochs": 50, "lr": {"start": 0.0, "end_of_warmup": 1.5e-4, "end": 0.0}, "weight_decay": {"constant": 0.05}},
+        "views": {"views": [{"count": 1, "size": 32, "crop_scale": [0.2, 1.0], "flip_p": 0.5, "jitter_p": 0.0, "grayscale_p": 0.0,
+                             "blur_p": 0.0, "solarize_p": 0.0}]},
+        "method_details": {"mask_ratio": 0.75, "patch_size": 4, "normalize_target": True,
+                           "decoder": {"dim": 512, "depth": 8, "heads": 16, "outputs": 48}},
+        "ema_momentum": None,
+    },
     # solo-learn scripts/pretrain/cifar/byol.yaml (+ augmentations/asymmetric.yaml)
     "byol_cifar10": {
         "data": {"batch_size": 256, "epochs": 1000},

@@ -66,7 +66,7 @@ def build_optimizer_for(config: TrainConfig, method: Method) -> torch.optim.Opti
     peak = scaled_lr(config.lr, config.batch_size, config.lr_scaling)
     return build_optimizer(
         method.param_groups(), config.optimizer, peak, config.weight_decay, config.momentum,
-        exclude_bias_norm=config.exclude_bias_norm, lars_eta=config.lars_eta,
+        betas=tuple(config.adamw_betas or (0.9, 0.999)), exclude_bias_norm=config.exclude_bias_norm, lars_eta=config.lars_eta,
         lars_clip_lr=config.lars_clip_lr, lars_trust=config.lars_trust,
     )
 
@@ -142,6 +142,8 @@ class Built:
                     lars_adapted=not group["lars_exclude"], lars_eta=group["eta"], lars_clip_lr=group["clip_lr"],
                     lars_trust=group["trust"],
                 )
+            if "betas" in group:  # Adam(W): MAE's (0.9, 0.95) against the default (0.9, 0.999)
+                entry["betas"] = [float(b) for b in group["betas"]]
             groups.append(entry)
         ema = None
         if method.ema_pairs():
@@ -169,7 +171,8 @@ class Built:
                 "base_lr": config.lr,
                 "lr_scaling": config.lr_scaling,
                 "peak_lr": scaled_lr(config.lr, config.batch_size, config.lr_scaling),
-                "momentum": config.momentum,
+                # SGD and LARS use momentum; Adam(W) its betas (in each group)
+                "momentum": None if "betas" in self.optimizer.defaults else config.momentum,
                 "groups": groups,
             },
             "schedule": {
@@ -265,7 +268,7 @@ def format_description(d: dict[str, Any]) -> str:
         f"of {data['image_size']} px; batch {data['batch_size']}, {data['steps_per_epoch']:,} steps per epoch, "
         f"{data['epochs']} epochs = {data['total_steps']:,} steps",
         f"optimizer {opt['class']}: base lr {opt['base_lr']:g} ({opt['lr_scaling']} scaling) -> peak {opt['peak_lr']:g}, "
-        f"momentum {opt['momentum']}",
+        + (f"momentum {opt['momentum']}" if opt["momentum"] is not None else f"betas {tuple(opt['groups'][0]['betas'])}"),
     ]
     for i, g in enumerate(opt["groups"]):
         lars = (

@@ -24,6 +24,7 @@ ENGINE_DEFAULTS: dict[str, Any] = {
     "optimizer": "sgd", "lr": 0.05, "weight_decay": 5e-4, "grad_clip": None, "lr_scaling": "linear",
     "min_lr_ratio": 0.0, "lr_schedule": "cosine", "lr_milestones": [], "lr_decay_factor": 0.1,
     "warmup_start_lr": 0.0, "momentum": 0.9, "lars_eta": 0.001, "lars_clip_lr": False, "lars_trust": "update_norm",
+    "adamw_betas": (0.9, 0.999),
 }
 
 
@@ -35,7 +36,7 @@ class TrainConfig:
     # what to train
     method: str = "simclr"  # a registered method (`selfsup methods`)
     method_args: dict[str, Any] = field(default_factory=dict)  # fields of the method's Config
-    backbone: str | None = None  # registered backbone; default resnet18 (tiny for the digits demo)
+    backbone: str | None = None  # registered backbone; default: the method's (MAE: vit_small), else resnet18 (tiny for the digits demo)
     backbone_args: dict[str, Any] = field(default_factory=dict)  # e.g. cifar_stem, norm, patch_size
     # Pretrained backbone weights to continue from: a torchvision/timm state dict (.pth, .safetensors),
     # a `selfsup export`, a selfsup run or checkpoint, or torchvision:<model>.<WEIGHTS> / timm:<model>.
@@ -80,6 +81,7 @@ class TrainConfig:
     lars_clip_lr: bool | None = None  # LARC's clipping: the trust ratio caps the lr instead of scaling it
     lars_trust: Literal["update_norm", "larc"] | None = None  # |g + wd w| (SimCLR, BYOL, MoCo v3) or |g| + wd |w| (apex LARC: SwAV, solo-learn)
     grad_clip: float | None = None  # clip the global gradient norm; default: the method's
+    adamw_betas: tuple[float, float] | None = None  # AdamW's (beta1, beta2); default: the method's (MAE: 0.9, 0.95), else (0.9, 0.999)
     # precision and speed
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     # auto: bf16 autocast on CUDA and on CPUs that compute bf16 natively (AVX512-BF16, AMX), float32
@@ -114,9 +116,16 @@ class TrainConfig:
         from ..methods import get
 
         source = SOURCE_DEFAULTS.get(self.data, GENERIC_DEFAULTS)
-        backbone = self.backbone or source.get("backbone", GENERIC_DEFAULTS["backbone"])
         epochs = self.epochs or source.get("epochs", GENERIC_DEFAULTS["epochs"])
-        return get(self.method).defaults_for(backbone, epochs)
+        return get(self.method).defaults_for(self.default_backbone(), epochs)
+
+    def default_backbone(self) -> str:
+        """The backbone a run uses: the config's, else the method's (a method that needs a ViT
+        names one), else the data source's default."""
+        from ..methods import get
+
+        source = SOURCE_DEFAULTS.get(self.data, GENERIC_DEFAULTS).get("backbone", GENERIC_DEFAULTS["backbone"])
+        return self.backbone or get(self.method).default_backbone or source
 
     def resolve(self) -> TrainConfig:
         """Fill every ``None`` from the method's and the data source's defaults, then validate."""
@@ -136,6 +145,7 @@ class TrainConfig:
             # A weight decay set by the config is constant unless its end is set too: the
             # method's end value belongs to the method's start value (DINO's 0.04 -> 0.4).
             method.pop("weight_decay_end", None)
+        values["backbone"] = self.default_backbone()
         for key, value in {**GENERIC_DEFAULTS, **source, **ENGINE_DEFAULTS, **method}.items():
             if key in values and values[key] is None:
                 values[key] = value
@@ -181,6 +191,8 @@ class TrainConfig:
             raise ConfigError(f"grad_clip must be > 0 (or null to disable), got {self.grad_clip}.")
         if not 0 <= self.val_fraction < 1:
             raise ConfigError(f"val_fraction must be in [0, 1) (the share of each class held out), got {self.val_fraction}.")
+        if self.adamw_betas is not None and not all(0.0 <= beta < 1.0 for beta in self.adamw_betas):
+            raise ConfigError(f"adamw_betas must be two numbers in [0, 1), got {list(self.adamw_betas)} (e.g. [0.9, 0.999]).")
         if (self.knn_k is not None and self.knn_k <= 0) or self.knn_temperature <= 0:
             raise ConfigError(f"knn_k and knn_temperature must be > 0, got {self.knn_k} and {self.knn_temperature}.")
         if self.momentum is not None and not 0 <= self.momentum < 1:

@@ -294,6 +294,26 @@ def retrieval_grid(
     return {"queries": len(chosen), "k": int(top.shape[1]), "same_class": correct / max(1, total)}
 
 
+def image_columns(columns: dict[str, torch.Tensor], out: Path) -> int:
+    """A grid of uint8 image batches ``(B, h, w, 3)`` side by side: row i holds image i of every
+    batch, in the order of ``columns`` (e.g. masked input, reconstruction, original). Returns the
+    number of rows."""
+    from PIL import Image
+
+    batches = [batch.cpu().numpy() for batch in columns.values()]
+    count = min(len(b) for b in batches)
+    side = max(64, max(int(b.shape[1]) for b in batches))
+    rows = []
+    for i in range(count):
+        tiles = []
+        for b in batches:
+            tiles += [_tile(b[i], side, None), np.full((side + 6, 4, 3), 255, dtype=np.uint8)]
+        rows.append(np.concatenate(tiles[:-1], axis=1))
+    gap = np.full((4, rows[0].shape[1], 3), 255, dtype=np.uint8)
+    Image.fromarray(np.concatenate([x for row in rows for x in (row, gap)][:-1], axis=0)).save(out)
+    return count
+
+
 # -- the page -----------------------------------------------------------------------------------
 def _flatten(prefix: str, value: Any) -> list[tuple[str, Any]]:
     if isinstance(value, dict) and value:
@@ -354,13 +374,15 @@ def write_report(
     queries: int = 8,
     k: int = 8,
     attention: Callable[[Path], list[tuple[str, str]]] | None = None,
+    method_images: tuple[str, dict[str, torch.Tensor]] | None = None,
     notes: list[str] | None = None,
 ) -> Path:
     """Write ``RUN/report/index.html`` and its figures; returns the page's path.
 
     Without ``method`` (or without labelled ``train``/``test``) the pictures that need features are
     left out and the page says why (``notes``). ``attention`` draws attention maps into the report
-    folder and returns [(file, caption)] (ViT backbones).
+    folder and returns [(file, caption)] (ViT backbones). ``method_images`` is what the method's
+    ``report_images`` returned: a section title and named uint8 batches, drawn as columns.
     """
     run = read_run(run_dir)
     out_dir = Path(run_dir) / "report"
@@ -407,6 +429,13 @@ def write_report(
             ("augmentations.png", f"the run's recipe ({name}): each row an original training image, then its views"),
         ], ""))
 
+    if method_images is not None:
+        title, columns = method_images
+        rows = image_columns(columns, out_dir / "method_images.png")
+        sections.append((title, [
+            ("method_images.png", f"{rows} test images, one per row; columns: {', '.join(columns)}"),
+        ], ""))
+
     if attention is not None:
         figures = attention(out_dir)
         if figures:
@@ -447,6 +476,6 @@ def write_report(
 
 
 __all__ = [
-    "COMPARE_COLUMNS", "embedding_map", "markdown_table", "plot_curves", "project_2d", "read_run",
+    "COMPARE_COLUMNS", "embedding_map", "image_columns", "markdown_table", "plot_curves", "project_2d", "read_run",
     "retrieval_grid", "run_row", "write_csv", "write_report",
 ]

@@ -11,7 +11,9 @@ A method owns its networks and its loss. The engine only calls what is declared 
 - ``representation(images)``: the features a probe uses (the backbone's by default);
 - ``param_groups()``: parameter groups with optional per-group options (e.g. a fixed learning rate);
 - ``bind_dataset(num_samples)``: the training-set size, before training or resuming (per-sample memories);
-- ``sync_batchnorm``: BN statistics over the global batch when distributed (from a ``sync_bn`` config field).
+- ``sync_batchnorm``: BN statistics over the global batch when distributed (from a ``sync_bn`` config field);
+- ``default_backbone``: the backbone a config that names none gets (MAE: a ViT);
+- ``report_images(images)``: pictures for ``selfsup report`` (MAE's reconstructions).
 
 Each method declares ``Config``, a dataclass of its hyper-parameters with the paper's defaults.
 """
@@ -85,6 +87,9 @@ class Method(nn.Module):
     # config.yaml records them. Every registered backbone accepts these keys or rejects a value
     # it cannot honour with a ConfigError.
     backbone_defaults: ClassVar[dict[str, Any]] = {}
+    # The backbone a config that names none gets (MAE, which masks a ViT's patch tokens: a ViT);
+    # None: the data source's default.
+    default_backbone: ClassVar[str | None] = None
 
     @classmethod
     def optim_defaults_for(cls, backbone: str) -> dict[str, Any]:
@@ -162,6 +167,12 @@ class Method(nn.Module):
     @property
     def feature_dim(self) -> int:
         return self.backbone.feature_dim
+
+    def report_images(self, images: torch.Tensor) -> tuple[str, dict[str, torch.Tensor]] | None:
+        """Pictures of what the method does, for ``selfsup report``: given uint8 ``(B, H, W, 3)``
+        images, a section title and named uint8 batches ``(B, h, w, 3)`` drawn as columns (MAE:
+        masked input, reconstruction, original). None (the default): the method has none."""
+        return None
 
     def eval_transform(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 ``(B, H, W, 3)`` -> the network input used for probes (ImageNet-normalized RGB)."""
