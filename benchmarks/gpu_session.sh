@@ -18,8 +18,8 @@ if [ -z "${SELFSUP_SKIP_SPEED:-}" ]; then
   log "augmentation: batched on the GPU vs the per-sample DataLoader (2 min)"
   timeout 150 python3 benchmarks/augment.py --device cuda --data-dir "$DATA" --seconds 4 2>&1 | tee "$OUT/augment.txt"
 
-  log "training throughput, ResNet-18, batch 512 (1 min)"
-  timeout 90 python3 benchmarks/throughput.py --device cuda --data-dir "$DATA" --write 2>&1 | tee "$OUT/throughput.txt"
+  log "training throughput, ResNet-18, batch 512, with the precision x layout grid and torch.compile (2-3 min)"
+  timeout 200 python3 benchmarks/throughput.py --device cuda --backbone resnet18 --batch-size 512 --data-dir "$DATA" --precision-grid --compile --write 2>&1 | tee "$OUT/throughput.txt"
 fi
 
 # Every bundled CIFAR-10 recipe (selfsup/configs/<method>_cifar10.yaml, docs/recipes.md) for the same

@@ -29,6 +29,7 @@ Figures are source images per second (two views each).
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import statistics
 import sys
@@ -249,6 +250,9 @@ def main() -> None:
     trainer = make_trainer(args)
     device, batch = trainer.device, args.batch_size
     pipelines = selfsup_steps(trainer, args.workers)
+    if not args.no_lightly and importlib.util.find_spec("lightly") is None:
+        print("lightly is not installed: its rows are left out (pip install --no-deps lightly==1.6.0 lightning_utilities aenum)")
+        args.no_lightly = True
     if not args.no_lightly:
         pipelines["lightly"] = lightly_step(trainer, args.workers, bf16=False)
         if args.lightly_bf16:

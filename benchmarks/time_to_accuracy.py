@@ -66,7 +66,7 @@ def knn(backbone: torch.nn.Module, train_set, test_set) -> float:  # noqa: ANN00
 def selfsup_config(args: argparse.Namespace, tmp: str, steps_per_epoch: int, epochs: int, max_steps: int | None) -> TrainConfig:
     return TrainConfig(
         method="simclr", backbone=args.backbone, data="cifar10", data_dir=args.data_dir, train_subset=args.train_subset,
-        batch_size=args.batch_size, epochs=epochs, max_steps=max_steps, eval_every=None, progress=False, device="cpu",
+        batch_size=args.batch_size, epochs=epochs, max_steps=max_steps, eval_every=0, progress=False, device="cpu",
         seed=args.seed, run_dir=tmp, name=f"tta-{time.monotonic_ns()}", checkpoint_every=0,
     )
 
