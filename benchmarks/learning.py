@@ -34,6 +34,7 @@ from selfsup.engine.logger import read_metrics  # noqa: E402
 from tests.learning import learning_run, output_std  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "learning.jsonl"
+RANDOM_RESULTS = ROOT / "benchmarks" / "results" / "random_init.jsonl"
 
 
 def main() -> None:
@@ -49,6 +50,9 @@ def main() -> None:
     parser.add_argument("--test-settings", action="store_true",
                         help="train with the method's slow-test setting (tests/learning.py SETTINGS; --epochs, "
                         "--method-args and --overrides then update it)")
+    parser.add_argument("--random-init", type=int, nargs="+", metavar="SEED",
+                        help="no training: the kNN of the random-init backbones of the test setting at these seeds "
+                        "(the reference the slow tests compare against), into results/random_init.jsonl")
     parser.add_argument("--no-write", action="store_true", help="print only")
     args = parser.parse_args()
     if args.collapse:
@@ -59,6 +63,18 @@ def main() -> None:
                **{f"std_sqrt_d_stop_gradient_{sg}": output_std_after_training(sg, args.collapse) for sg in (True, False)},
                "seconds": round(time.time() - start, 1), "hardware": hardware("cpu"), "date": time.strftime("%Y-%m-%d")}
         return write(row, args.no_write)
+    if args.random_init:
+        from tests.learning import SETTINGS, random_init_top1
+
+        for seed in args.random_init:
+            start = time.time()
+            with tempfile.TemporaryDirectory(prefix=f"random-{args.method}-") as tmp:
+                top1 = random_init_top1(args.method, Path(tmp), seed, **json.loads(args.overrides))
+            row = {"method": args.method, "seed": seed, "setting": SETTINGS[args.method], "overrides": json.loads(args.overrides),
+                   "knn_random_top1": top1, "precision": json.loads(args.overrides).get("precision", "auto"), "commit": commit(), "seconds": round(time.time() - start, 1),
+                   "hardware": hardware("cpu"), "date": time.strftime("%Y-%m-%d")}
+            write(row, args.no_write, RANDOM_RESULTS)
+        return
     method_args, overrides = json.loads(args.method_args), json.loads(args.overrides)
     if args.test_settings:
         from tests.learning import SETTINGS
@@ -105,11 +121,12 @@ def commit() -> str | None:
     return head + ("+" if dirty else "")
 
 
-def write(row: dict, print_only: bool) -> None:
+def write(row: dict, print_only: bool, path: Path | None = None) -> None:
     print(json.dumps(row))
     if not print_only:
-        RESULTS.parent.mkdir(parents=True, exist_ok=True)
-        with RESULTS.open("a") as f:
+        path = path or RESULTS
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("a") as f:
             f.write(json.dumps(row) + "\n")
 
 

@@ -18,7 +18,7 @@ from selfsup.losses import cpc_loss
 from selfsup.methods.cpc import orient
 from selfsup.nn import create_backbone
 
-from .learning import learning_run
+from .learning import assert_learns
 
 
 def cpc_reference(predictions: torch.Tensor, targets: torch.Tensor, offset: int) -> float:
@@ -246,22 +246,14 @@ def test_cpc_refuses_views_its_probes_would_not_cut() -> None:
 @pytest.mark.slow
 def test_cpc_beats_random_init_on_cifar10(tmp_path) -> None:
     # Tiny backbone (layer norm, the method's default), the default 7x7 grid of 8 px patches, K=5,
-    # 3 epochs of 5,000 training images in batches of 64 (234 steps); kNN (k=200) of the
-    # mean-pooled patch grid on 2,000 test images. CPC costs 2-3x SimCLR per image on this CPU
-    # (49 patches per image, and a (64*49*20) x (64*49) score matrix per step), so the batch is
-    # 64 rather than SimCLR's 256: at 256 the score matrix (35,840 x 12,544) costs more than the
-    # encoder. Learning rate: AdamW 5e-4 (base 2e-3 per 256 under linear scaling) instead of the
-    # paper's 2e-4 per 256, which would be 5e-5 at batch 64 and learn too little in 234 steps.
-    # Measured on the quiet shared 2-core CPU (benchmarks/learning.py, 140-195 s): seed 0 33.8% vs
-    # 30.65% random-init (+3.15 points), seed 1 32.5% vs 29.9% (+2.6); an earlier, loaded
-    # measurement gave +3.0 and +2.55. At base lr 4e-3 the gains were +4.35 and +2.1 (more
-    # spread, closer to the lr at which the features collapsed, so 2e-3 is used). Both accuracies come from the
-    # same 2,000 test images, so the gain is a paired difference; each accuracy's binomial
-    # standard error is about 1 point. A 1-point margin sits 1.5 points or more below every gain
-    # at this lr while a method that does not learn fails it: a run whose encoder collapsed
-    # (random predictors at init, docs/cpc.md) measured -4.6 points.
-    # Pinned: top-down prediction only (CPC v1's), the default when the margin was measured; the
-    # method now defaults to v2's four directions (four times the context and score cost).
-    summary = learning_run("cpc", tmp_path, epochs=3, batch_size=64, lr=0.002, seed=0, method_args={"directions": ["down"]})
-    gain = summary["knn_top1"] - summary["knn_random_top1"]
-    assert gain > 0.01, summary
+    # 3 epochs of 5,000 training images in batches of 64 (234 steps); kNN of the mean-pooled patch
+    # grid on 2,000 test images. CPC costs 2-3x SimCLR per image on this CPU (49 patches per image,
+    # and a (64*49*20) x (64*49) score matrix per step), so the batch is 64 rather than SimCLR's
+    # 256: at 256 the score matrix (35,840 x 12,544) costs more than the encoder. Learning rate:
+    # AdamW 5e-4 (base 2e-3 per 256 under linear scaling) instead of the paper's 2e-4 per 256,
+    # which would be 5e-5 at batch 64 and learn too little in 234 steps; at base 4e-3 the float32
+    # gains were +4.35 and +2.1 (more spread, closer to the lr at which the features collapsed).
+    # A run whose encoder collapsed (random predictors at init, docs/cpc.md) measured -4.6 points.
+    # Pinned: top-down prediction only (CPC v1's), the default when the margin was first measured;
+    # the method now defaults to v2's four directions (four times the context and score cost).
+    assert_learns("cpc", tmp_path)  # seeds, gains, spread, margin: EVIDENCE["cpc"] (tests/learning.py)
