@@ -216,41 +216,47 @@ class Evidence:
 # the fewest seeds (at most 3) whose margin is 3 standard errors while the recorded test seeds
 # clear it by 0.5 points (same-seed reruns drift by about 0.3) and the mean of every recorded
 # seed clears it too. The comment above each entry gives the means, spreads and the margin in SE.
+# The random-init backbone is the same for every method on the same backbone and subset: the tiny
+# convnet's kNN at seeds 0-9 on 5,000 and on 1,000 training images (each method's rows in
+# random_init.jsonl repeat these; tests/test_learning_evidence.py checks them per method).
+TINY_5000_RANDOM = (29.35, 30.6, 32.75, 31.6, 30.9, 31.2, 30.7, 30.5, 30.65, 30.4)
+TINY_1000_RANDOM = (24.95, 25.5, 27.35, 28.1, 28.65, 24.1, 25.25, 25.3, 26.0, 24.85)
+
 EVIDENCE: dict[str, Evidence] = {
     # trained 37.72% (sd 0.91) vs random init 30.86% (sd 0.88): +6.85 points; the test's SE 1.12, margin 3.4 = 3.0 SE
     "simclr": Evidence(
         trained=(38.0, 36.7, 38.45),
-        random_init=(29.35, 30.6, 32.75, 31.6, 30.9, 31.2, 30.7, 30.5, 30.65, 30.4),
+        random_init=TINY_5000_RANDOM,
         seeds=1, margin=3.4,
     ),
     # trained 36.02% (sd 0.76) vs random init 30.86% (sd 0.88): +5.15 points; the test's SE 1.12, margin 3.4 = 3.0 SE
     "moco_v1": Evidence(
         trained=(36.85, 35.85, 35.35),
-        random_init=(29.35, 30.6, 32.75, 31.6, 30.9, 31.2, 30.7, 30.5, 30.65, 30.4),
+        random_init=TINY_5000_RANDOM,
         seeds=1, margin=3.4,
     ),
     # trained 36.00% (sd 0.05) vs random init 30.86% (sd 0.88): +5.14 points; the test's SE 1.12, margin 3.4 = 3.0 SE
     "moco_v2": Evidence(
         trained=(36.05, 35.95, 36.0),
-        random_init=(29.35, 30.6, 32.75, 31.6, 30.9, 31.2, 30.7, 30.5, 30.65, 30.4),
+        random_init=TINY_5000_RANDOM,
         seeds=1, margin=3.4,
     ),
     # trained 36.68% (sd 2.25) vs random init 30.86% (sd 0.88): +5.82 points; the test's SE 1.63, margin 4.9 = 3.0 SE
     "moco_v3": Evidence(
         trained=(39.25, 35.75, 35.05),
-        random_init=(29.35, 30.6, 32.75, 31.6, 30.9, 31.2, 30.7, 30.5, 30.65, 30.4),
+        random_init=TINY_5000_RANDOM,
         seeds=2, margin=4.9,
     ),
     # trained 28.57% (sd 2.35) vs random init 26.00% (sd 1.51): +2.56 points; the test's SE 2.40, margin 4.1 = 1.7 SE (below the 3-SE bar: BELOW_BAR)
     "byol": Evidence(
         trained=(30.7, 26.05, 28.95),
-        random_init=(24.95, 25.5, 27.35, 28.1, 28.65, 24.1, 25.25, 25.3, 26.0, 24.85),
+        random_init=TINY_1000_RANDOM,
         seeds=1, margin=4.1,
     ),
     # trained 30.45% (sd 1.48) vs random init 26.00% (sd 1.51): +4.45 points; the test's SE 0.98, margin 3.0 = 3.1 SE
     "instdisc": Evidence(
         trained=(31.2, 28.75, 31.4),
-        random_init=(24.95, 25.5, 27.35, 28.1, 28.65, 24.1, 25.25, 25.3, 26.0, 24.85),
+        random_init=TINY_1000_RANDOM,
         seeds=3, margin=3.0,
     ),
     # trained 33.95% (sd 0.26) vs random init 25.21% (sd 2.03): +8.73 points; the test's SE 1.25, margin 3.8 = 3.0 SE
@@ -268,31 +274,31 @@ EVIDENCE: dict[str, Evidence] = {
     # trained 29.70% (sd 1.69) vs random init 26.00% (sd 1.51): +3.70 points; the test's SE 1.76, margin 4.2 = 2.4 SE (below the 3-SE bar: BELOW_BAR)
     "dino": Evidence(
         trained=(30.75, 27.75, 30.6),
-        random_init=(24.95, 25.5, 27.35, 28.1, 28.65, 24.1, 25.25, 25.3, 26.0, 24.85),
+        random_init=TINY_1000_RANDOM,
         seeds=1, margin=4.2,
     ),
     # trained 34.68% (sd 1.94) vs random init 30.86% (sd 0.88): +3.82 points; the test's SE 1.97, margin 4.5 = 2.3 SE (below the 3-SE bar: BELOW_BAR)
     "simsiam": Evidence(
         trained=(35.95, 32.45, 35.65),
-        random_init=(29.35, 30.6, 32.75, 31.6, 30.9, 31.2, 30.7, 30.5, 30.65, 30.4),
+        random_init=TINY_5000_RANDOM,
         seeds=1, margin=4.5,
     ),
     # trained 33.57% (sd 0.58) vs random init 30.86% (sd 0.88): +2.70 points; the test's SE 0.70, margin 2.2 = 3.1 SE
     "swav": Evidence(
         trained=(32.95, 33.65, 34.1),
-        random_init=(29.35, 30.6, 32.75, 31.6, 30.9, 31.2, 30.7, 30.5, 30.65, 30.4),
+        random_init=TINY_5000_RANDOM,
         seeds=3, margin=2.2,
     ),
     # trained 36.55% (sd 1.08) vs random init 30.86% (sd 0.88): +5.68 points; the test's SE 1.14, margin 3.5 = 3.1 SE
     "barlow_twins": Evidence(
         trained=(38.25, 35.65, 36.3, 35.65, 36.9),
-        random_init=(29.35, 30.6, 32.75, 31.6, 30.9, 31.2, 30.7, 30.5, 30.65, 30.4),
+        random_init=TINY_5000_RANDOM,
         seeds=1, margin=3.5,
     ),
     # trained 39.88% (sd 0.93) vs random init 30.86% (sd 0.88): +9.02 points; the test's SE 1.12, margin 3.4 = 3.0 SE
     "vicreg": Evidence(
         trained=(40.15, 38.85, 40.65),
-        random_init=(29.35, 30.6, 32.75, 31.6, 30.9, 31.2, 30.7, 30.5, 30.65, 30.4),
+        random_init=TINY_5000_RANDOM,
         seeds=1, margin=3.4,
     ),
     # trained 29.21% (sd 1.36) vs random init 26.41% (sd 0.83): +2.80 points; the test's SE 0.85, margin 2.6 = 3.0 SE

@@ -36,7 +36,7 @@ from . import checkpoint as ckpt
 from . import distributed
 from .build import build_method, build_optimizer_for, build_recipe, build_schedules, seed_everything  # noqa: F401 (re-exported)
 from .config import TrainConfig
-from .estimate import estimate_run, fit_defaults
+from .estimate import estimate_run, fit_defaults, free_memory
 from .hardware import autocast_dtype, choose_compute, configure_cpu_threads, pick_device  # noqa: F401 (re-exported)
 from .heldout import probe_datasets, training_val_fraction
 from .init import apply_init, init_note
@@ -45,22 +45,6 @@ from .logger import MetricsLogger
 from .logger import Progress as ProgressBar
 from .optim import apply_schedule
 from .signals import StopSignals
-
-
-def _free_memory(device: torch.device) -> int | None:
-    """Bytes free for new tensors on ``device`` (None when unknown)."""
-    try:
-        if device.type == "cuda":
-            return int(torch.cuda.mem_get_info(device)[0])
-        if device.type == "cpu":
-            with open("/proc/meminfo") as handle:
-                for line in handle:
-                    if line.startswith("MemAvailable:"):
-                        return int(line.split()[1]) * 1024
-            return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
-    except (OSError, ValueError, AttributeError, RuntimeError):
-        pass
-    return None
 
 
 # Views per image a recipe may ask for. The papers use at most 12 (DINO: 2 global + 10 local;
@@ -82,7 +66,7 @@ def check_views_memory(recipe: Recipe, batch_size: int, device: torch.device) ->
             "(the papers use up to 12). Lower augment.num_local (or the views' count)."
         )
     need = batch_size * sum(spec.count * 3 * spec.size**2 * 4 for spec in recipe.views)
-    free = _free_memory(device)
+    free = free_memory(device)
     if free is not None and need > free:
         raise ConfigError(
             f"the augmented views alone would need {need / 2**30:.1f} GiB per step (batch {batch_size} x views "
