@@ -104,6 +104,14 @@ def build_schedules(config: TrainConfig, steps_per_epoch: int) -> Schedules:
     return Schedules(lr, wd, min(warmup, planned), total, milestones)
 
 
+def check_batch_size(batch_size: int, num_samples: int) -> None:
+    """Refuse a batch larger than the training set (an epoch would have no step)."""
+    if batch_size > num_samples:
+        raise ConfigError(
+            f"batch_size {batch_size} is larger than the training set ({num_samples} images); use a smaller batch_size."
+        )
+
+
 def steps_per_epoch(num_samples: int, batch_size: int) -> int:
     """Full batches per epoch (the loader drops the last partial batch)."""
     return num_samples // batch_size
@@ -214,10 +222,7 @@ def build(
     of ``num_samples`` images of ``image_size`` px, on ``device`` (``meta`` by default: shapes and
     values of every setting, no memory for weights). No data is read and nothing is written."""
     config = config.resolve()
-    if config.batch_size > num_samples:
-        raise ConfigError(
-            f"batch_size {config.batch_size} is larger than the training set ({num_samples} images); use a smaller batch_size."
-        )
+    check_batch_size(config.batch_size, num_samples)
     with torch.device(device):
         method = build_method(config, image_size)
         method.bind_dataset(num_samples)
@@ -311,6 +316,6 @@ def format_description(d: dict[str, Any]) -> str:
 
 
 __all__ = [
-    "IMAGENET_TRAIN_SAMPLES", "Built", "Schedules", "build", "build_method", "build_optimizer_for", "build_recipe",
+    "IMAGENET_TRAIN_SAMPLES", "Built", "Schedules", "build", "build_method", "check_batch_size", "build_optimizer_for", "build_recipe",
     "build_schedules", "format_description", "seed_everything", "steps_per_epoch", "training_set_shape",
 ]

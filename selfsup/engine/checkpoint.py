@@ -16,6 +16,7 @@ import re
 from pathlib import Path
 from typing import Any, Callable
 
+import numpy as np
 import torch
 
 from ..errors import CheckpointError
@@ -211,3 +212,29 @@ def resolve_checkpoint(path_or_run: str | Path) -> Path:
             return found[0]
         raise CheckpointError(f"run '{path}' has no checkpoint yet (looked in {checkpoint_dir(path)}).")
     raise CheckpointError(f"'{path}' is neither a checkpoint file nor a run directory.")
+
+
+def rng_states(device: torch.device, augment: torch.Generator) -> dict[str, Any]:
+    """Every RNG state a run draws from (torch, CUDA, the augmentation generator, NumPy) as
+    tensors and plain values: NumPy's state tuple would not load with ``weights_only``."""
+    _, keys, pos, has_gauss, cached = np.random.get_state()
+    rng = {
+        "torch": torch.get_rng_state(),
+        "augment": augment.get_state(),
+        "numpy": {"keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos), "has_gauss": int(has_gauss),
+                  "cached": float(cached)},
+    }
+    if device.type == "cuda":
+        rng["cuda"] = torch.cuda.get_rng_state(device)
+    return rng
+
+
+def set_rng_states(rng: dict[str, Any], device: torch.device, augment: torch.Generator) -> None:
+    """Put back the states :func:`rng_states` saved."""
+    rng = {k: (v.cpu() if torch.is_tensor(v) else v) for k, v in rng.items()}
+    torch.set_rng_state(rng["torch"])
+    if device.type == "cuda" and "cuda" in rng:
+        torch.cuda.set_rng_state(rng["cuda"], device)
+    augment.set_state(rng["augment"])
+    state = rng["numpy"]
+    np.random.set_state(("MT19937", state["keys"].cpu().numpy().astype(np.uint32), state["pos"], state["has_gauss"], state["cached"]))

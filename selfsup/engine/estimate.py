@@ -60,6 +60,12 @@ TRANSIENT_FACTOR = 1.25
 CPU_RUNTIME_BYTES = 256 << 20
 
 
+# Views per image a recipe may ask for. The papers use at most 12 (DINO: 2 global + 10 local;
+# SwAV: 2 + 6); a count far beyond is a typo (num_local=60 for 6) that would otherwise only show
+# as an out-of-memory error, or hours per epoch, after training has started.
+MAX_VIEWS_PER_IMAGE = 64
+
+
 # -- memory of the machine and of this process -----------------------------------------------------
 def free_memory(device: torch.device) -> int | None:
     """Bytes available for new tensors on ``device`` (None when unknown)."""
@@ -369,7 +375,7 @@ def fit_defaults(config: Any) -> tuple[Any, str | None]:
 def _fit_batch(config: Any, batch: int, budget: float, count: int | None, device: torch.device) -> int:
     """The largest power of two up to ``batch`` whose predicted step memory fits ``budget``."""
     from .hardware import autocast_dtype
-    from .trainer import build_method, build_recipe
+    from .build import build_method, build_recipe
 
     resolved = config.resolve()
     size = resolved.image_size or _native_side(resolved.data)
@@ -388,6 +394,28 @@ def _fit_batch(config: Any, batch: int, budget: float, count: int | None, device
 
 
 # -- 2. the estimate before training -----------------------------------------------------------
+def check_views_memory(recipe: Any, batch_size: int, device: torch.device) -> None:
+    """Refuse, before training, a recipe with more views than :data:`MAX_VIEWS_PER_IMAGE` or whose
+    float32 views alone exceed the free memory of ``device``. The views are a lower bound of what
+    a step needs (the activations take many times more), so the memory check refuses only what
+    cannot possibly run; a step that still runs out of memory is reported as such, naming its step."""
+    kinds = " + ".join(f"{spec.count} of {spec.size} px" for spec in recipe.views)
+    count = sum(spec.count for spec in recipe.views)
+    if count > MAX_VIEWS_PER_IMAGE:
+        raise ConfigError(
+            f"the recipe asks for {count} views per image ({kinds}); selfsup allows at most {MAX_VIEWS_PER_IMAGE} "
+            "(the papers use up to 12). Lower augment.num_local (or the views' count)."
+        )
+    need = batch_size * sum(spec.count * 3 * spec.size**2 * 4 for spec in recipe.views)
+    free = free_memory(device)
+    if free is not None and need > free:
+        raise ConfigError(
+            f"the augmented views alone would need {need / 2**30:.1f} GiB per step (batch {batch_size} x views "
+            f"{kinds}), more than the {free / 2**30:.1f} GiB free on {device}. Use fewer or smaller crops "
+            "(e.g. augment.num_local, augment.local_size) or a smaller batch_size."
+        )
+
+
 @dataclass
 class Estimate:
     seconds_per_step: float
@@ -441,9 +469,7 @@ def estimate_run(trainer: Any) -> Estimate | None:
     images = trainer.train_set.images
     channels = int(images.shape[-1]) if images is not None else 3
     available = free_memory(device)
-    amp = trainer.amp_dtype
-    compute = getattr(trainer, "compute", None)
-    layout = bool(compute.channels_last) if compute is not None else False
+    amp, layout = trainer.compute.autocast_dtype, trainer.compute.channels_last
     what = f"{config.method} / {config.backbone} at {trainer.image_size} px, {trainer.recipe.num_views} views"
     try:
         model = memory_model(method, trainer.recipe, batch, trainer.image_size, channels, device, amp,

@@ -20,7 +20,7 @@ from .config import TrainConfig
 from .hardware import autocast_dtype, pick_device
 from .heldout import probe_datasets
 from .init import apply_init
-from .trainer import build_method, build_recipe
+from .build import build_method, build_recipe
 
 
 def load_method(path_or_run: str | Path, device: str | torch.device = "cpu", random_init: bool = False) -> tuple[Method, TrainConfig, int]:

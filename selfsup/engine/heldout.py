@@ -22,6 +22,7 @@ from ..data import ImageSet, load_dataset
 from ..data.packed import packed_splits
 from ..data.splits import split_layout
 from ..errors import DataError
+from .config import TrainConfig
 
 
 def same_source(a: str | None, b: str | None) -> bool:
@@ -125,3 +126,21 @@ def probe_datasets(
         _warn(f"self-probe: the queries are the bank's own images ({bank.describe()}); each finds itself, so the "
               "accuracy is optimistic. Hold images out (val_fraction) or give separate evaluation data for an honest figure.")
     return separate_bank(bank, queries, self_probe), queries
+
+
+def monitor_sets(config: TrainConfig, train: ImageSet) -> tuple[ImageSet, ImageSet] | None:
+    """(bank, queries) of the kNN monitor during training: the labelled training set and images
+    held out from it (the source's test split, ``val_data``, or the held-out fraction). None when
+    the config asks for no monitor (``eval_every`` None) or there is nothing labelled to probe
+    with (an unlabelled source, nothing held out)."""
+    if config.eval_every is None or not train.labelled:
+        return None
+    try:
+        return probe_datasets(
+            config.data, config.val_data, config.val_fraction, data_dir=config.data_dir, image_size=train.image_size,
+            seed=config.seed, test_subset=config.test_subset, explicit_test=config.val_data is not None, bank=train,
+        )
+    except DataError:
+        if config.val_data:
+            raise
+        return None  # nothing held out (val_fraction 0), or a packed file without a test split

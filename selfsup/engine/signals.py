@@ -33,14 +33,11 @@ DUPLICATE_WINDOW_S = 5.0
 class StopSignals:
     """Install with :meth:`install` (main thread only), read :attr:`signum`, undo with :meth:`restore`.
 
-    ``on_first(signum)`` is called (from the watcher thread, or from the handler where no wakeup
-    descriptor can be set) when the first stop signal arrives; ``last_checkpoint()`` names the
-    newest checkpoint for the message printed before an immediate stop."""
+    With ``announce`` (rank 0) each request is announced on stderr; ``where_last()`` says where the
+    newest checkpoint is ("the last checkpoint is ...") in the message before an immediate stop."""
 
-    def __init__(self, world_size: int, announce: bool, on_first: Callable[[int], None],
-                 last_checkpoint: Callable[[], str | None]) -> None:
-        self.world_size, self.announce = world_size, announce
-        self.on_first, self.last_checkpoint = on_first, last_checkpoint
+    def __init__(self, world_size: int, announce: bool, where_last: Callable[[], str]) -> None:
+        self.world_size, self.announce, self.where_last = world_size, announce, where_last
         self.signum: int | None = None
         self.time = 0.0
         self._count = 0  # stop signals delivered (torchrun's copies not counted)
@@ -125,7 +122,11 @@ class StopSignals:
             if self.signum is not None:
                 return
             self.signum, self.time = signum, time.monotonic()
-        self.on_first(signum)
+        if self.announce:
+            os.write(2, (
+                f"\nselfsup: {signal.Signals(signum).name} received: saving a checkpoint after this step, then stopping "
+                "(send it again to stop at once).\n"
+            ).encode())
 
     def _received(self, signum: int) -> None:
         """One delivered stop signal: the first asks for a stop after the step, the second stops now."""
@@ -144,10 +145,9 @@ class StopSignals:
     def _stop_now(self, signum: int) -> None:
         if self.announce:
             try:
-                last = self.last_checkpoint()
+                where = self.where_last()
             except Exception:  # noqa: BLE001 - never let the message keep the process alive
-                last = None
-            where = f"the last checkpoint is {last}" if last else "no checkpoint had been written yet"
+                where = "no checkpoint had been written yet"
             name = signal.Signals(signum).name
             os.write(2, f"\nselfsup: second stop signal ({name}): stopping now, in the middle of the step; {where}. "
                         "Continue with --resume.\n".encode())
