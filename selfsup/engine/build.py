@@ -1,6 +1,7 @@
 """Pure construction: a resolved :class:`TrainConfig` (plus the training set's size and image
 side) -> the method, its view recipe, the optimizer with its parameter groups and the per-step
-learning-rate and weight-decay schedules. Nothing here reads data or touches the disk.
+learning-rate and weight-decay schedules; and the config's training set. Nothing here writes to
+disk, and only :func:`load_training_set` (and :func:`training_set_shape`, which uses it) reads data.
 
 The :class:`~selfsup.engine.trainer.Trainer` builds its run with these functions; ``selfsup train
 --dry-run`` calls :func:`build` on the ``meta`` device (modules and optimizer without storage:
@@ -18,10 +19,12 @@ import numpy as np
 import torch
 
 from ..augment import Recipe, create_recipe
-from ..errors import ConfigError, SelfsupError
+from ..data import ImageSet, load_dataset
+from ..errors import ConfigError, DataError, SelfsupError
 from ..methods import Method, Progress, create
 from ..nn import create_backbone
 from .config import TrainConfig
+from .heldout import training_val_fraction
 from .optim import build_optimizer, cosine_schedule, scaled_lr, step_schedule
 
 # ImageNet-1k's training split (ILSVRC-2012): what --assume-samples stands for in the ImageNet configs.
@@ -235,14 +238,19 @@ def build(
     )
 
 
+def load_training_set(config: TrainConfig) -> ImageSet:
+    """The config's training images, without the fraction held out for the probes (heldout.py)."""
+    return load_dataset(
+        config.data, "train", data_dir=config.data_dir, image_size=config.image_size, limit=config.train_subset,
+        seed=config.seed, max_image_pixels=config.max_image_pixels,
+        val_fraction=training_val_fraction(config.data, config.val_data, config.val_fraction),
+    )
+
+
 def training_set_shape(config: TrainConfig, assume_samples: int | None = None) -> tuple[int, int, bool]:
     """``(samples, image side, assumed)`` of a config's training set: read from the data when it
     is here, or ``assume_samples`` images of the config's ``image_size`` (32 px for the built-in
     sources, 64 for folders) when given, e.g. 1,281,167 for ImageNet-1k's train split."""
-    from ..data import load_dataset
-    from ..errors import DataError
-    from .heldout import training_val_fraction
-
     if assume_samples is not None:
         if assume_samples < 1:
             raise ConfigError(f"--assume-samples must be >= 1, got {assume_samples}.")
@@ -251,11 +259,7 @@ def training_set_shape(config: TrainConfig, assume_samples: int | None = None) -
         samples = min(assume_samples, config.train_subset) if config.train_subset else assume_samples
         return samples, side, True
     try:
-        train = load_dataset(
-            config.data, "train", data_dir=config.data_dir, image_size=config.image_size, limit=config.train_subset,
-            seed=config.seed, max_image_pixels=config.max_image_pixels,
-            val_fraction=training_val_fraction(config.data, config.val_data, config.val_fraction),
-        )
+        train = load_training_set(config)
     except DataError as exc:
         raise ConfigError(
             f"{exc} A dry run can describe the run without the data: pass --assume-samples N, the training-set size "
@@ -317,5 +321,5 @@ def format_description(d: dict[str, Any]) -> str:
 
 __all__ = [
     "IMAGENET_TRAIN_SAMPLES", "Built", "Schedules", "build", "build_method", "check_batch_size", "build_optimizer_for", "build_recipe",
-    "build_schedules", "format_description", "seed_everything", "steps_per_epoch", "training_set_shape",
+    "build_schedules", "format_description", "load_training_set", "seed_everything", "steps_per_epoch", "training_set_shape",
 ]

@@ -13,6 +13,8 @@ import hashlib
 import io
 import os
 import re
+import sys
+from contextlib import suppress
 from pathlib import Path
 from typing import Any, Callable
 
@@ -38,16 +40,12 @@ def checkpoint_path(run_dir: str | Path, step: int) -> Path:
 
 
 def _fsync_dir(directory: Path) -> None:
-    try:
+    with suppress(OSError):  # not every filesystem can sync a directory
         fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
 def atomic_write_bytes(path: Path, payload: bytes, before_replace: Callable[[], None] | None = None) -> None:
@@ -64,10 +62,8 @@ def atomic_write_bytes(path: Path, payload: bytes, before_replace: Callable[[], 
             before_replace()
         os.replace(tmp, path)
     except BaseException:
-        try:
+        with suppress(OSError):
             tmp.unlink()
-        except OSError:
-            pass
         raise
     _fsync_dir(path.parent)
 
@@ -146,8 +142,6 @@ def latest_good_checkpoint(
     Raises :class:`CheckpointError` when checkpoints exist but none loads: resuming from scratch
     then would silently throw the run away.
     """
-    import sys
-
     damaged: list[str] = []
     for path in list_checkpoints(run_dir):
         try:
@@ -161,10 +155,8 @@ def latest_good_checkpoint(
                 if checkpoint_step(newer) <= checkpoint_step(path):
                     break
                 for victim in (newer, newer.with_name(newer.name + ".sha256")):
-                    try:
+                    with suppress(OSError):
                         victim.rename(victim.with_name(victim.name + QUARANTINE_SUFFIX))
-                    except OSError:
-                        pass
                 print(f"selfsup: renamed the damaged {newer.name} to {newer.name}{QUARANTINE_SUFFIX}.", file=sys.stderr)
         return path, state
     if damaged:
@@ -184,21 +176,17 @@ def remove_stale_temp_files(run_dir: str | Path) -> list[Path]:
             continue
         for path in directory.iterdir():
             if _TMP.match(path.name) and path.is_file():
-                try:
+                with suppress(OSError):
                     path.unlink()
                     removed.append(path)
-                except OSError:
-                    pass
     return removed
 
 
 def prune_checkpoints(run_dir: str | Path, keep: int) -> None:
     for path in list_checkpoints(run_dir)[keep:]:
         for victim in (path, path.with_name(path.name + ".sha256")):
-            try:
+            with suppress(OSError):
                 victim.unlink()
-            except OSError:
-                pass
 
 
 def resolve_checkpoint(path_or_run: str | Path) -> Path:

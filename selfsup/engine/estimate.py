@@ -34,7 +34,7 @@ import math
 import os
 import sys
 import time
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager, nullcontext, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
@@ -69,7 +69,7 @@ MAX_VIEWS_PER_IMAGE = 64
 # -- memory of the machine and of this process -----------------------------------------------------
 def free_memory(device: torch.device) -> int | None:
     """Bytes available for new tensors on ``device`` (None when unknown)."""
-    try:
+    with suppress(OSError, ValueError, AttributeError, RuntimeError):
         if device.type == "cuda":
             return int(torch.cuda.mem_get_info(device)[0])
         if device.type == "cpu":
@@ -78,19 +78,15 @@ def free_memory(device: torch.device) -> int | None:
                     if line.startswith("MemAvailable:"):
                         return int(line.split()[1]) * 1024
             return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
-    except (OSError, ValueError, AttributeError, RuntimeError):
-        pass
     return None
 
 
 def _proc_status(field: str) -> int | None:
-    try:
+    with suppress(OSError, ValueError):
         with open("/proc/self/status") as handle:
             for line in handle:
                 if line.startswith(field + ":"):
                     return int(line.split()[1]) * 1024
-    except (OSError, ValueError):
-        pass
     return None
 
 
@@ -107,16 +103,11 @@ def _reset_peak(device: torch.device) -> bool:
         return False
 
 
-def _in_use(device: torch.device) -> int | None:
+def _memory(device: torch.device, peak: bool = False) -> int | None:
+    """This process's memory in use on ``device`` now, or at its peak since :func:`_reset_peak`."""
     if device.type == "cuda":
-        return int(torch.cuda.memory_allocated(device))
-    return _proc_status("VmRSS")
-
-
-def _peak(device: torch.device) -> int | None:
-    if device.type == "cuda":
-        return int(torch.cuda.max_memory_allocated(device))
-    return _proc_status("VmHWM")
+        return int((torch.cuda.max_memory_allocated if peak else torch.cuda.memory_allocated)(device))
+    return _proc_status("VmHWM" if peak else "VmRSS")
 
 
 def gib(value: float) -> str:
@@ -261,7 +252,8 @@ def count_images(data: str, val_fraction: float | None) -> int | None:
             if layout is None and val_fraction:
                 count = int(count * (1 - val_fraction))
         elif path.suffix == ".npz" and path.is_file():
-            count = _npz_rows(path)
+            shape = _npz_shape(path, ("train_labels", "train_images", "images"))
+            count = shape[0] if shape else None
             if count is not None and val_fraction:
                 count = int(count * (1 - val_fraction))
     except (OSError, SelfsupError, ValueError):
@@ -284,11 +276,6 @@ def _npz_shape(path: Path, keys: tuple[str, ...]) -> tuple[int, ...] | None:
                     header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
                     return tuple(int(n) for n in header(handle)[0])
     return None
-
-
-def _npz_rows(path: Path) -> int | None:
-    shape = _npz_shape(path, ("train_labels", "train_images", "images"))
-    return shape[0] if shape else None
 
 
 def _native_side(data: str) -> int:
@@ -470,10 +457,10 @@ def estimate_run(trainer: Any) -> Estimate | None:
     channels = int(images.shape[-1]) if images is not None else 3
     available = free_memory(device)
     amp, layout = trainer.compute.autocast_dtype, trainer.compute.channels_last
+    slots = optimizer_slots(config.optimizer, config.momentum)
     what = f"{config.method} / {config.backbone} at {trainer.image_size} px, {trainer.recipe.num_views} views"
     try:
-        model = memory_model(method, trainer.recipe, batch, trainer.image_size, channels, device, amp,
-                             optimizer_slots(config.optimizer, config.momentum), layout)
+        model = memory_model(method, trainer.recipe, batch, trainer.image_size, channels, device, amp, slots, layout)
     except ProbeError:  # a method that refuses small batches: no prediction, the warm-up step still measures
         model = None
     if model is not None:
@@ -490,12 +477,11 @@ def estimate_run(trainer: Any) -> Estimate | None:
             torch.cuda.synchronize(device)
         seconds = time.perf_counter() - start
         del views, index
-    slots = optimizer_slots(config.optimizer, config.momentum)
-    peak = _peak(device) if measured else None
+    peak = _memory(device, peak=True) if measured else None
     if peak is not None:  # the warm-up takes no optimizer step: its state comes on top
         peak += slots * sum(p.numel() * p.element_size() for p in method.parameters() if p.requires_grad)
     elif model is not None:
-        peak = (_in_use(device) or 0) + model.new_bytes(batch)
+        peak = (_memory(device) or 0) + model.new_bytes(batch)
     left = trainer.total_steps - trainer.state.step
     estimate = Estimate(seconds, trainer.steps_per_epoch, left, peak, available, _eval_seconds(trainer, seconds, batch))
     _say(estimate.line(batch), trainer)

@@ -18,7 +18,7 @@ from ..methods import Method
 from . import checkpoint as ckpt
 from .config import TrainConfig
 from .hardware import autocast_dtype, pick_device
-from .heldout import probe_datasets
+from .heldout import eval_datasets
 from .init import apply_init
 from .build import build_method, build_recipe
 
@@ -46,25 +46,6 @@ def load_method(path_or_run: str | Path, device: str | torch.device = "cpu", ran
             raise ConfigError(f"{exc}\nThe baseline of this run is its initial backbone ({config.init}); "
                               "give the file again, or skip the baseline with --no-baseline.") from None
     return method.to(pick_device(str(device))).eval(), config, image_size
-
-
-def _eval_data(
-    config: TrainConfig, data: str | None, data_dir: str | None, image_size: int, test_subset: int | None,
-    train_subset: int | None, test_data: str | None = None, val_fraction: float | None = None,
-) -> tuple[ImageSet, ImageSet]:
-    """(bank, queries) of a run's probe (:func:`selfsup.engine.heldout.probe_datasets`): by default the
-    run's data and the images it held out (or its ``val_data``); ``data`` / ``test_data`` override them."""
-    source = data or config.data
-    if test_data is None and data is None and config.val_data is not None:
-        test_data = config.val_data  # what the run was monitored on
-    fraction = config.val_fraction if val_fraction is None else val_fraction
-    return probe_datasets(
-        source, test_data, fraction, data_dir=data_dir or config.data_dir, image_size=image_size, seed=config.seed,
-        train_subset=train_subset, test_subset=test_subset, explicit_test=test_data is not None,
-    )
-
-
-eval_datasets = _eval_data  # (bank, queries) of a run's labelled source: also used by reports
 
 
 def probe_features(method: Method, config: TrainConfig, image_size: int, dataset: ImageSet, device: torch.device) -> torch.Tensor:
@@ -97,10 +78,10 @@ def evaluate(
     """Run ``probe`` ('knn', 'linear' or 'finetune') on the trained weights and on the random-init
     ones. ``labels_per_class`` / ``label_fraction`` train the probe on a fixed class-balanced
     subset (the low-label protocol). The probe learns from (or, for kNN, searches) ``data`` and is
-    scored on ``test_data`` (defaults: :func:`_eval_data`). kNN's ``k`` defaults to the run's
-    ``knn_k`` or else :func:`~selfsup.eval.knn.choose_k` of the bank, the same for both backbones.
-    With ``record`` the result is appended to the run's
-    ``evals.jsonl`` (read by ``selfsup compare`` and ``selfsup report``)."""
+    scored on ``test_data`` (defaults: :func:`~selfsup.engine.heldout.eval_datasets`). kNN's ``k``
+    defaults to the run's ``knn_k`` or else :func:`~selfsup.eval.knn.choose_k` of the bank, the
+    same for both backbones. With ``record`` the result is appended to the run's ``evals.jsonl``
+    (read by ``selfsup compare`` and ``selfsup report``)."""
     torch_device = pick_device(device)
     results: dict[str, Any] = {"checkpoint": str(ckpt.resolve_checkpoint(path_or_run)), "probe": probe}
     sets = None
@@ -109,7 +90,7 @@ def evaluate(
             break
         method, config, image_size = load_method(path_or_run, torch_device, random_init=random_init)
         if sets is None:
-            full_train, test = _eval_data(config, data, data_dir, image_size, test_subset, train_subset, test_data, val_fraction)
+            full_train, test = eval_datasets(config, data, data_dir, image_size, test_subset, train_subset, test_data, val_fraction)
             sets = low_label_subset(full_train, labels_per_class, label_fraction, config.seed), test
             results.update(data=data or config.data, test_data=test_data or (config.val_data if data is None else None),
                            bank=full_train.describe(), queries=test.describe(),

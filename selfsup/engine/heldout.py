@@ -128,18 +128,33 @@ def probe_datasets(
     return separate_bank(bank, queries, self_probe), queries
 
 
+
+def eval_datasets(
+    config: TrainConfig, data: str | None = None, data_dir: str | None = None, image_size: int | None = None,
+    test_subset: int | None = None, train_subset: int | None = None, test_data: str | None = None,
+    val_fraction: float | None = None, bank: ImageSet | None = None,
+) -> tuple[ImageSet, ImageSet]:
+    """(bank, queries) of a run's probe (:func:`probe_datasets`): by default the run's data and
+    the images it held out (or its ``val_data``, what the run is monitored on); ``data`` /
+    ``test_data`` override them. ``bank``: the training set already loaded (the trainer's)."""
+    source = data or config.data
+    if test_data is None and data is None and config.val_data is not None:
+        test_data = config.val_data
+    fraction = config.val_fraction if val_fraction is None else val_fraction
+    return probe_datasets(
+        source, test_data, fraction, data_dir=data_dir or config.data_dir, image_size=image_size, seed=config.seed,
+        train_subset=train_subset, test_subset=test_subset, explicit_test=test_data is not None, bank=bank,
+    )
+
+
 def monitor_sets(config: TrainConfig, train: ImageSet) -> tuple[ImageSet, ImageSet] | None:
-    """(bank, queries) of the kNN monitor during training: the labelled training set and images
-    held out from it (the source's test split, ``val_data``, or the held-out fraction). None when
-    the config asks for no monitor (``eval_every`` None) or there is nothing labelled to probe
-    with (an unlabelled source, nothing held out)."""
+    """(bank, queries) of the kNN monitor during training: the labelled training set and the
+    images held out from it. None when the config asks for no monitor (``eval_every`` None) or
+    there is nothing labelled to probe with (an unlabelled source, nothing held out)."""
     if config.eval_every is None or not train.labelled:
         return None
     try:
-        return probe_datasets(
-            config.data, config.val_data, config.val_fraction, data_dir=config.data_dir, image_size=train.image_size,
-            seed=config.seed, test_subset=config.test_subset, explicit_test=config.val_data is not None, bank=train,
-        )
+        return eval_datasets(config, image_size=train.image_size, test_subset=config.test_subset, bank=train)
     except DataError:
         if config.val_data:
             raise

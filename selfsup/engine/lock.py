@@ -15,6 +15,7 @@ import os
 import socket
 import sys
 import time
+from contextlib import suppress
 from pathlib import Path
 
 from ..errors import SelfsupError
@@ -83,10 +84,6 @@ class RunLock:
         self.path = self.run_dir / LOCK_NAME
         self._fd: int | None = None
 
-    @property
-    def held(self) -> bool:
-        return self._fd is not None
-
     def _try_lock(self, fd: int) -> bool:
         if fcntl is not None:
             try:
@@ -150,14 +147,10 @@ class RunLock:
         if self._fd is None:
             return
         fd, self._fd = self._fd, None
-        try:
+        with suppress(OSError):
             self.path.unlink()  # while still locked, so nobody can lock this file and think it current
-        except OSError:
-            pass
         os.close(fd)
 
     def __del__(self) -> None:  # a Trainer dropped without fit(): free the run directory
-        try:
+        with suppress(Exception):
             self.release()
-        except Exception:
-            pass

@@ -24,6 +24,7 @@ import signal
 import socket
 import threading
 import time
+from contextlib import suppress
 from typing import Any, Callable
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
@@ -64,10 +65,8 @@ class StopSignals:
                 reader.close()
                 writer.close()
         for signum in STOP_SIGNALS:
-            try:
+            with suppress(ValueError, OSError):
                 self._previous[signum] = signal.signal(signum, self._handler)
-            except (ValueError, OSError):
-                pass
         if self._sockets is not None:
             self._thread = threading.Thread(target=self._watch, name="selfsup-stop-signals", daemon=True)
             self._thread.start()
@@ -77,16 +76,12 @@ class StopSignals:
             signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
         self._previous.clear()
         if self._sockets is not None:
-            try:
+            with suppress(ValueError, OSError):
                 signal.set_wakeup_fd(self._old_wakeup if self._old_wakeup is not None else -1)
-            except (ValueError, OSError):
-                pass
             reader, writer = self._sockets
             self._sockets = None
-            try:
+            with suppress(OSError):
                 reader.shutdown(socket.SHUT_RDWR)  # wakes the watcher's recv
-            except OSError:
-                pass
             if self._thread is not None:
                 self._thread.join(timeout=1.0)
             reader.close()

@@ -17,16 +17,16 @@ from typing import Any
 
 import torch
 
-from ..data import BatchLoader, load_dataset
+from ..data import BatchLoader
 from ..errors import SelfsupError
 from ..nn import get_rank, get_world_size
 from . import checkpoint as ckpt
 from . import distributed
-from .build import build_method, build_optimizer_for, build_recipe, build_schedules, check_batch_size, seed_everything  # noqa: F401 (re-exported)
+from .build import build_method, build_optimizer_for, build_recipe, build_schedules, check_batch_size, load_training_set
 from .config import TrainConfig
 from .estimate import check_views_memory, estimate_run, fit_defaults
-from .hardware import autocast_dtype, choose_compute, configure_cpu_threads, pick_device  # noqa: F401 (re-exported)
-from .heldout import monitor_sets, training_val_fraction
+from .hardware import choose_compute, configure_cpu_threads, pick_device
+from .heldout import monitor_sets
 from .init import apply_init, init_note
 from .loop import Loop, OnlineProbe, RunState
 from .run import Run
@@ -60,11 +60,7 @@ class Trainer(Loop):
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True
 
-        self.train_set = load_dataset(
-            config.data, "train", data_dir=config.data_dir, image_size=config.image_size,
-            limit=config.train_subset, seed=config.seed, max_image_pixels=config.max_image_pixels,
-            val_fraction=training_val_fraction(config.data, config.val_data, config.val_fraction),
-        )
+        self.train_set = load_training_set(config)
         check_batch_size(config.batch_size, len(self.train_set))
         self.image_size = int(self.train_set.image_size or 32)
         self.eval_sets = monitor_sets(config, self.train_set)
