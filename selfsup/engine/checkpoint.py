@@ -167,10 +167,9 @@ def latest_good_checkpoint(
     return None
 
 
-def remove_stale_temp_files(run_dir: str | Path) -> list[Path]:
+def remove_stale_temp_files(run_dir: str | Path) -> None:
     """Delete temporary files left by a process killed mid-write (only while holding the run's
-    lock: then no live process is writing them). Returns what was removed."""
-    removed = []
+    lock: then no live process is writing them)."""
     for directory in (Path(run_dir), checkpoint_dir(run_dir)):
         if not directory.is_dir():
             continue
@@ -178,8 +177,6 @@ def remove_stale_temp_files(run_dir: str | Path) -> list[Path]:
             if _TMP.match(path.name) and path.is_file():
                 with suppress(OSError):
                     path.unlink()
-                    removed.append(path)
-    return removed
 
 
 def prune_checkpoints(run_dir: str | Path, keep: int) -> None:

@@ -157,7 +157,7 @@ def _probe_batch(method: nn.Module, recipe: Any, batch: int, image_size: int, ch
     images = torch.randint(0, 256, (batch, image_size, image_size, channels), dtype=torch.uint8, device=device,
                            generator=generator)
     views = recipe(images, generator)
-    if channels_last:  # the layout the run computes in (Trainer.make_views)
+    if channels_last:  # the layout the run computes in (Loop.make_views)
         views = [v.contiguous(memory_format=torch.channels_last) if v.dim() == 4 else v for v in views]
     return views, torch.arange(batch, device=device)
 
@@ -403,29 +403,6 @@ def check_views_memory(recipe: Any, batch_size: int, device: torch.device) -> No
         )
 
 
-@dataclass
-class Estimate:
-    seconds_per_step: float
-    steps_per_epoch: int
-    steps_left: int
-    peak_bytes: int | None
-    available: int | None
-    eval_seconds: float
-
-    def line(self, batch: int) -> str:
-        total = self.seconds_per_step * self.steps_left
-        per_epoch = self.seconds_per_step * self.steps_per_epoch
-        evals = f" + ~{duration(self.eval_seconds)} of kNN evaluation" if self.eval_seconds >= 1 else ""
-        memory = ""
-        if self.peak_bytes is not None:
-            memory = f"; peak memory {gib(self.peak_bytes)}" + (f" of {gib(self.available)} available" if self.available else "")
-        return (
-            f"selfsup: estimate: {self.seconds_per_step:.2f} s/step (a timed warm-up step of batch {batch}), "
-            f"{self.steps_per_epoch} steps/epoch = {duration(per_epoch)}/epoch; {self.steps_left} steps "
-            f"= ~{duration(total)}{evals} in all{memory}."
-        )
-
-
 def check_memory(model: MemoryModel, batch: int, available: int | None, device: torch.device, what: str) -> None:
     """Refuse ``batch`` when its predicted new bytes exceed :data:`REFUSE_SHARE` of ``available``,
     naming the largest power-of-two batch that fits."""
@@ -446,9 +423,10 @@ def check_memory(model: MemoryModel, batch: int, available: int | None, device: 
     )
 
 
-def estimate_run(trainer: Any) -> Estimate | None:
+def estimate_run(trainer: Any) -> str | None:
     """Check the memory of one step, then time a warm-up step at the full batch; prints the
-    estimate line (rank 0). Single-process runs only (every rank would have to probe alike)."""
+    estimate line (rank 0) and returns it. Single-process runs only (every rank would have to
+    probe alike)."""
     if trainer.world_size > 1 or trainer.state.step >= trainer.total_steps:
         return None
     config, device, method = trainer.config, trainer.device, trainer.method
@@ -482,10 +460,19 @@ def estimate_run(trainer: Any) -> Estimate | None:
         peak += slots * sum(p.numel() * p.element_size() for p in method.parameters() if p.requires_grad)
     elif model is not None:
         peak = (_memory(device) or 0) + model.new_bytes(batch)
-    left = trainer.total_steps - trainer.state.step
-    estimate = Estimate(seconds, trainer.steps_per_epoch, left, peak, available, _eval_seconds(trainer, seconds, batch))
-    _say(estimate.line(batch), trainer)
-    return estimate
+    left, per_epoch = trainer.total_steps - trainer.state.step, trainer.steps_per_epoch
+    eval_seconds = _eval_seconds(trainer, seconds, batch)
+    evals = f" + ~{duration(eval_seconds)} of kNN evaluation" if eval_seconds >= 1 else ""
+    memory = ""
+    if peak is not None:
+        memory = f"; peak memory {gib(peak)}" + (f" of {gib(available)} available" if available else "")
+    line = (
+        f"selfsup: estimate: {seconds:.2f} s/step (a timed warm-up step of batch {batch}), "
+        f"{per_epoch} steps/epoch = {duration(seconds * per_epoch)}/epoch; {left} steps "
+        f"= ~{duration(seconds * left)}{evals} in all{memory}."
+    )
+    _say(line, trainer)
+    return line
 
 
 def _eval_seconds(trainer: Any, step_seconds: float, batch: int) -> float:
