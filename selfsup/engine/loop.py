@@ -95,8 +95,10 @@ class OnlineProbe:
 
 
 class Loop:
-    """The step and the epoch over a run's parts. :class:`~selfsup.engine.trainer.Trainer` builds
-    them from a config (build.py), opens the run (:class:`Run`) and sets the attributes below."""
+    """The step and the epoch over a run's parts. :class:`~selfsup.engine.trainer.Trainer`, a
+    Loop, builds them from a config (build.py), opens the run (:class:`Run`) and sets the
+    attributes below; the methods here (``train_step``, ``step_on_views``, ``knn``, ...) are the
+    trainer's."""
 
     config: TrainConfig
     device: torch.device
@@ -118,7 +120,6 @@ class Loop:
     augment_generator: torch.Generator
     online_probe: OnlineProbe | None
     eval_sets: tuple[ImageSet, ImageSet] | None
-    run_dir: Path
     run: Run
     state: RunState
     knn_k: int | None = None
@@ -280,12 +281,12 @@ class Loop:
     def _stop_for_signal(self, pending: tuple[int, torch.Tensor] | None) -> None:
         if pending is not None:
             self._check_finite(*pending)
-        path = self.save_checkpoint() or ckpt.checkpoint_path(self.run_dir, self.state.step)
+        path = self.save_checkpoint() or ckpt.checkpoint_path(self.run.path, self.state.step)
         signum = int(self.run.signals.signum or signal.SIGINT)
         raise TrainingInterrupted(
             f"stopped by {signal.Signals(signum).name} at step {self.state.step} (epoch {self.state.epoch}); "
             f"checkpoint saved: {path}. Continue with: selfsup train --run-dir {self.config.run_dir} "
-            f"--name {self.run_dir.name} --resume",
+            f"--name {self.run.path.name} --resume",
             exit_code=128 + signum,
         )
 
