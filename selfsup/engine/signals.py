@@ -52,11 +52,8 @@ class StopSignals:
     def install(self) -> None:
         if threading.current_thread() is not threading.main_thread():
             return  # signals reach the main thread only; a trainer run elsewhere cannot catch them
-        try:
+        with suppress(OSError):  # no socket pair: the handler decides, between bytecodes
             reader, writer = socket.socketpair()
-        except OSError:
-            reader = writer = None
-        if reader is not None and writer is not None:
             try:
                 writer.setblocking(False)
                 self._old_wakeup = signal.set_wakeup_fd(writer.fileno(), warn_on_full_buffer=False)
