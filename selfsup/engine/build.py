@@ -320,6 +320,7 @@ def format_description(d: dict[str, Any]) -> str:
 
 
 __all__ = [
-    "IMAGENET_TRAIN_SAMPLES", "Built", "Schedules", "build", "build_method", "check_batch_size", "build_optimizer_for", "build_recipe",
-    "build_schedules", "format_description", "load_training_set", "seed_everything", "steps_per_epoch", "training_set_shape",
+    "IMAGENET_TRAIN_SAMPLES", "Built", "Schedules", "build", "build_method", "build_optimizer_for", "build_recipe",
+    "build_schedules", "check_batch_size", "format_description", "load_training_set", "seed_everything",
+    "steps_per_epoch", "training_set_shape",
 ]

@@ -222,4 +222,5 @@ def set_rng_states(rng: dict[str, Any], device: torch.device, augment: torch.Gen
         torch.cuda.set_rng_state(rng["cuda"], device)
     augment.set_state(rng["augment"])
     state = rng["numpy"]
-    np.random.set_state(("MT19937", state["keys"].cpu().numpy().astype(np.uint32), state["pos"], state["has_gauss"], state["cached"]))
+    keys = state["keys"].cpu().numpy().astype(np.uint32)
+    np.random.set_state(("MT19937", keys, state["pos"], state["has_gauss"], state["cached"]))

@@ -128,7 +128,6 @@ def probe_datasets(
     return separate_bank(bank, queries, self_probe), queries
 
 
-
 def eval_datasets(
     config: TrainConfig, data: str | None = None, data_dir: str | None = None, image_size: int | None = None,
     test_subset: int | None = None, train_subset: int | None = None, test_data: str | None = None,
