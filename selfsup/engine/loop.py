@@ -341,21 +341,16 @@ class Loop:
         # On several processes the kNN bank stays sharded (each rank encodes and searches its
         # own block of training images; the k best candidates of every rank are merged), and only
         # the test features are gathered: no rank holds the whole training set's features.
-        merge, bank_labels = None, bank.labels
+        start, stop = distributed.shard_bounds(len(bank), self.rank, self.world_size)
         try:
-            if self.world_size > 1:
-                start, stop = distributed.shard_bounds(len(bank), self.rank, self.world_size)
-                train_features = self._features(bank, gather=False)
-                bank_labels, merge = bank.labels[start:stop], distributed.gather_columns
-            else:
-                train_features = self._features(bank)
+            train_features = self._features(bank, gather=False)
             test_features = self._features(queries)
         finally:
             self.method.train(was_training)
         self.knn_k = choose_k(bank.labels, self.config.knn_k)  # the same k for the random-init baseline
         return knn_accuracy(
-            train_features, bank_labels, test_features, queries.labels,
-            max(bank.num_classes, 1), self.knn_k, self.config.knn_temperature, merge=merge,
+            train_features, bank.labels[start:stop], test_features, queries.labels, max(bank.num_classes, 1),
+            self.knn_k, self.config.knn_temperature, merge=distributed.gather_columns if self.world_size > 1 else None,
         )
 
     def _features(self, dataset: ImageSet, gather: bool = True) -> torch.Tensor:
