@@ -332,7 +332,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     from .api import find_encoder, uses_own_representation
     from .engine import build_recipe, load_method
     from .engine.checkpoint import resolve_checkpoint
-    from .eval.export import IMAGENET_MEAN, IMAGENET_STD, ExportError, export_backbone
+    from .eval.export import IMAGENET_MEAN, IMAGENET_STD, ExportError, export_backbone, read_export
     from .methods import Method
     from .nn.backbones import Backbone
 
@@ -356,8 +356,6 @@ def cmd_export(args: argparse.Namespace) -> int:
     except ExportError as exc:
         choices = [n for n, m in method.named_modules() if isinstance(m, Backbone) and n and m is not backbone]
         raise ExportError(f"{exc} The method's backbones: {', '.join(choices) or 'none other'}.") from None
-    from .eval.export import read_export
-
     _, metadata = read_export(out)
     print(f"wrote {out} ({backbone.arch}, {args.fmt} key names, {backbone.feature_dim}-d features)")
     print("load it without selfsup:\n  " + metadata["usage"].replace("\n", "\n  "))
