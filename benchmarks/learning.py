@@ -30,7 +30,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import hardware  # noqa: E402
 
-from selfsup.engine.logger import read_metrics  # noqa: E402
+from selfsup.runs import read_metrics  # noqa: E402
 from tests.learning import learning_run, output_std  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "learning.jsonl"

@@ -79,7 +79,7 @@ def run_one(args: argparse.Namespace) -> dict[str, Any]:
     import torch
 
     from selfsup.engine import TrainConfig, Trainer, train
-    from selfsup.engine.logger import read_metrics
+    from selfsup.runs import read_metrics
     from selfsup.engine.trainer import pick_device
     from tests.learning import output_std
 

@@ -75,7 +75,7 @@ def load_backbone(source: str | Path, device: str | torch.device = "auto", encod
     by attribute name instead.
     """
     from .engine.hardware import pick_device
-    from .engine.trainer import build_recipe
+    from .engine.build import build_recipe
     from .eval.export import Preprocess, attach_preprocess, load_export
 
     torch_device = pick_device(str(device))

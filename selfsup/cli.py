@@ -11,8 +11,9 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
+from .commands import COMMANDS, add_eval, pct
 from .errors import SelfsupError
 
 EPILOG_TRAIN = """\
@@ -155,10 +156,6 @@ def without_option(argv: list[str], flag: str) -> list[str]:
     return out
 
 
-def _pct(value: float | None) -> str:
-    return "n/a" if value is None else f"{100 * value:.2f}%"
-
-
 def _print_summary(summary: dict[str, Any]) -> None:
     print(f"run: {summary['run_dir']}")
     print(
@@ -168,72 +165,13 @@ def _print_summary(summary: dict[str, Any]) -> None:
     if summary.get("knn_top1") is not None:
         baseline = "the initial backbone" if summary.get("init") else "random-init"
         print(
-            f"kNN top-1 (k={summary.get('knn_k')}): learned {_pct(summary['knn_top1'])} vs {baseline} "
-            f"{_pct(summary['knn_random_top1'])} (best during training {_pct(summary['best_knn_top1'])})"
+            f"kNN top-1 (k={summary.get('knn_k')}): learned {pct(summary['knn_top1'])} vs {baseline} "
+            f"{pct(summary['knn_random_top1'])} (best during training {pct(summary['best_knn_top1'])})"
         )
         if summary.get("knn_bank"):
             print(f"  bank {summary['knn_bank']}; queries {summary['knn_queries']}")
     else:
         print("kNN: not evaluated (no labelled images held out; pass --val-data, or --val-fraction > 0 for a labelled folder)")
-
-
-def _add_eval(sub: argparse._SubParsersAction) -> None:
-    from .commands import add_finetune_parser, add_low_label_args
-
-    p = sub.add_parser("eval", help="evaluate a run: knn or linear probe on frozen features, or fine-tuning")
-    esub = p.add_subparsers(dest="probe", required=True, metavar="{knn,linear,finetune}")
-    for probe, text in (("knn", "weighted kNN on frozen features (T=0.1)"), ("linear", "linear probe on frozen features")):
-        q = esub.add_parser(probe, help=text, description=f"{text}, beside the same probe on the random-init backbone.")
-        q.add_argument("run", help="a run directory or a checkpoint file")
-        add_probe_data_args(q)
-        q.add_argument("--device", default="auto")
-        q.add_argument("--train-subset", type=int, help="use a fixed random subset of the training split")
-        q.add_argument("--test-subset", type=int, help="use a fixed random subset of the test split")
-        q.add_argument("--no-baseline", action="store_true", help="skip the random-init baseline")
-        q.add_argument("--json", action="store_true", help="print the result as JSON")
-        if probe == "knn":
-            q.add_argument("--k", type=int, help="neighbours (default: the run's, or min(200, bank images per class))")
-            q.add_argument("--temperature", type=float, default=0.1)
-        else:
-            q.add_argument("--epochs", type=int, default=100, help="epochs of the linear classifier")
-            add_low_label_args(q)
-        q.set_defaults(func=cmd_eval)
-    add_finetune_parser(esub)
-
-
-def cmd_eval(args: argparse.Namespace) -> int:
-    from .engine import evaluate
-
-    result = evaluate(
-        args.run, probe=args.probe, data=args.data, test_data=args.test_data, val_fraction=args.val_fraction,
-        data_dir=args.data_dir, device=args.device, k=getattr(args, "k", None), temperature=getattr(args, "temperature", 0.1),
-        linear_epochs=getattr(args, "epochs", 100), train_subset=args.train_subset,
-        test_subset=args.test_subset, baseline=not args.no_baseline,
-        labels_per_class=getattr(args, "labels_per_class", None), label_fraction=getattr(args, "label_fraction", None),
-    )
-    if args.json:
-        print(json.dumps(result, indent=2))
-        return 0
-    learned, random = result["learned"], result.get("random")
-    probe = f"knn (k={result['k']})" if args.probe == "knn" else args.probe
-    print(f"{probe}: {'bank' if args.probe == 'knn' else 'trained on'} {result['bank']}; scored on {result['queries']}")
-    line = f"{probe}: top-1 {_pct(learned['top1'])}, top-5 {_pct(learned['top5'])}"
-    if random:
-        line += f"  ({result['baseline']}: top-1 {_pct(random['top1'])}, top-5 {_pct(random['top5'])})"
-    print(line)
-    return 0
-
-
-def add_probe_data_args(parser: argparse.ArgumentParser) -> None:
-    """--data / --test-data / --val-fraction of the probes (`selfsup eval knn|linear|finetune`)."""
-    parser.add_argument("--data", help="labelled source the probe learns from or searches (default: the run's data)")
-    parser.add_argument(
-        "--test-data", help="labelled source the probe is scored on (default: the images --data holds out: its test "
-        "split, val/ or test/ folder, or the held-out fraction; naming the same source as --data scores its own "
-        "images, with a warning)",
-    )
-    parser.add_argument("--val-fraction", type=float, help="held-out share of each class of a folder (default: the run's)")
-    parser.add_argument("--data-dir")
 
 
 def _add_methods(sub: argparse._SubParsersAction) -> None:
@@ -355,60 +293,12 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
-_EXTRA_COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = []
-
-
-def register_command(add: Callable[[argparse._SubParsersAction], None]) -> Callable[[argparse._SubParsersAction], None]:
-    """Let a module add a subcommand (export, report, ...) without growing this file."""
-    _EXTRA_COMMANDS.append(add)
-    return add
-
-
-@register_command
-def _add_attention(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "attention", help="picture of a ViT run's last-layer [CLS] attention heads over an image",
-        description="Render the last block's [CLS] self-attention, per head, over an image (the DINO paper's figures).",
-    )
-    p.add_argument("run", help="a run directory or a checkpoint file (ViT backbone)")
-    p.add_argument("--image", required=True, help="an image file")
-    p.add_argument("--out", default="attn.png", help="output PNG")
-    p.add_argument("--size", type=int, help="side the image is resized to (default: the run's image size)")
-    p.add_argument("--device", default="auto")
-    p.set_defaults(func=cmd_attention)
-
-
-def cmd_attention(args: argparse.Namespace) -> int:
-    import torch
-
-    from .data.imageset import decode_to_array
-    from .engine import load_method
-    from .errors import DataError
-    from .eval.attention import cls_attention, patch_size, render_attention
-
-    method, config, image_size = load_method(args.run, args.device)
-    backbone = method.eval_backbone
-    patch = patch_size(backbone)  # refuses non-ViT backbones
-    size = max(patch, (args.size or image_size) // patch * patch)
-    try:
-        image = decode_to_array(args.image, size)
-    except (OSError, ValueError) as exc:
-        raise DataError(f"cannot read --image '{args.image}': {exc}") from None
-    device = next(method.parameters()).device
-    attention = cls_attention(backbone, method.eval_transform(torch.from_numpy(image)[None].to(device)))
-    out = render_attention(image, attention[0], args.out, title=f"{config.method} / {backbone.arch}: last-layer [CLS] attention")
-    print(f"wrote {out} ({attention.shape[1]} heads, {attention.shape[2]}x{attention.shape[3]} patches of {patch} px)")
-    return 0
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="selfsup", description="Self-supervised visual representation learning: every method on one engine."
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="command")
-    from . import commands  # noqa: F401  (registers compare, report, export, embed, neighbors)
-
-    for add in (_add_train, _add_eval, _add_methods, _add_data, *_EXTRA_COMMANDS):
+    for add in (_add_train, add_eval, _add_methods, _add_data, *COMMANDS):
         add(sub)
     return parser
 

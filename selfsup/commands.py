@@ -1,10 +1,10 @@
-"""Subcommands for using a trained representation: ``eval finetune``, ``compare``, ``report``,
-``export``, ``embed`` and ``neighbors``.
+"""Subcommands for using a trained representation: ``eval knn|linear|finetune``, ``attention``,
+``compare``, ``report``, ``export``, ``embed`` and ``neighbors``.
 
-They are added to the parser of :mod:`selfsup.cli` through its ``register_command`` hook (and
-``eval finetune`` through :func:`add_finetune_parser`), so ``cli.py`` stays small. Like the rest of
-the command line these are thin: the work is in ``selfsup.engine`` and ``selfsup.eval``. Heavy
-imports happen inside the commands, so ``selfsup --help`` stays fast.
+:mod:`selfsup.cli` adds them to its parser from :data:`COMMANDS` (and :func:`add_eval`); this
+module imports nothing of the command line. Like the rest of it these are thin: the work is in
+``selfsup.engine`` and ``selfsup.eval``. Heavy imports happen inside the commands, so
+``selfsup --help`` stays fast.
 """
 
 from __future__ import annotations
@@ -15,73 +15,147 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .cli import _pct, add_probe_data_args, register_command
-from .errors import ConfigError, SelfsupError
+from .errors import ConfigError, DataError, SelfsupError
 
 
-# -- low-label options and `selfsup eval finetune` ------------------------------------------------
-def add_low_label_args(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_mutually_exclusive_group()
-    group.add_argument("--labels-per-class", type=int, metavar="N",
-                       help="train on a fixed class-balanced subset of N labelled images per class")
-    group.add_argument("--label-fraction", type=float, metavar="F",
-                       help="train on a fixed class-balanced fraction of the labels, e.g. 0.01 or 0.1 (SimCLR/BYOL)")
+def pct(value: float | None) -> str:
+    return "n/a" if value is None else f"{100 * value:.2f}%"
 
 
-def add_finetune_parser(esub: argparse._SubParsersAction) -> None:
-    q = esub.add_parser(
-        "finetune", help="fine-tune the whole backbone with a linear classifier",
-        description="Fine-tune the representation and a linear head with labels (random resized crop + flip, SGD "
-        "with Nesterov momentum, cosine schedule, a lower learning rate for the backbone), beside the random-init "
-        "backbone trained the same way ('pretrained X%% vs from scratch Y%%').",
-    )
-    q.add_argument("run", help="a run directory or a checkpoint file")
-    add_probe_data_args(q)
-    q.add_argument("--device", default="auto")
-    q.add_argument("--epochs", type=int, default=30)
-    q.add_argument("--batch-size", type=int, default=256)
-    q.add_argument("--lr", type=float, default=0.1, help="the head's learning rate per 256 images (default 0.1)")
-    q.add_argument("--backbone-lr-ratio", type=float, default=0.1,
-                   help="the backbone's learning rate as a fraction of the head's (default 0.1; 0 freezes it)")
-    q.add_argument("--weight-decay", type=float, default=5e-4)
-    q.add_argument("--max-steps", type=int, help="stop after this many steps (smoke tests)")
-    q.add_argument("--train-subset", type=int, help="use a fixed random subset of the training split")
-    q.add_argument("--test-subset", type=int, help="use a fixed random subset of the test split")
-    add_low_label_args(q)
-    q.add_argument("--no-baseline", action="store_true", help="skip the from-scratch baseline")
-    q.add_argument("--json", action="store_true", help="print the result as JSON")
-    q.set_defaults(func=cmd_finetune)
+# -- eval knn | linear | finetune -----------------------------------------------------------------
+PROBES = {
+    "knn": "weighted kNN on frozen features (T=0.1)",
+    "linear": "linear probe on frozen features",
+    "finetune": "fine-tune the whole backbone with a linear classifier",
+}
 
 
-def cmd_finetune(args: argparse.Namespace) -> int:
+def add_eval(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("eval", help="evaluate a run: knn or linear probe on frozen features, or fine-tuning")
+    esub = p.add_subparsers(dest="probe", required=True, metavar="{knn,linear,finetune}")
+    for probe, text in PROBES.items():
+        description = f"{text}, beside the same probe on the random-init backbone."
+        if probe == "finetune":
+            description = (
+                "Fine-tune the representation and a linear head with labels (random resized crop + flip, SGD "
+                "with Nesterov momentum, cosine schedule, a lower learning rate for the backbone), beside the "
+                "random-init backbone trained the same way ('pretrained X%% vs from scratch Y%%')."
+            )
+        q = esub.add_parser(probe, help=text, description=description)
+        q.add_argument("run", help="a run directory or a checkpoint file")
+        q.add_argument("--data", help="labelled source the probe learns from or searches (default: the run's data)")
+        q.add_argument(
+            "--test-data", help="labelled source the probe is scored on (default: the images --data holds out: its "
+            "test split, val/ or test/ folder, or the held-out fraction; naming the same source as --data scores "
+            "its own images, with a warning)",
+        )
+        q.add_argument("--val-fraction", type=float, help="held-out share of each class of a folder (default: the run's)")
+        q.add_argument("--data-dir")
+        q.add_argument("--device", default="auto")
+        q.add_argument("--train-subset", type=int, help="use a fixed random subset of the training split")
+        q.add_argument("--test-subset", type=int, help="use a fixed random subset of the test split")
+        baseline = "from-scratch" if probe == "finetune" else "random-init"
+        q.add_argument("--no-baseline", action="store_true", help=f"skip the {baseline} baseline")
+        q.add_argument("--json", action="store_true", help="print the result as JSON")
+        if probe == "knn":
+            q.add_argument("--k", type=int, help="neighbours (default: the run's, or min(200, bank images per class))")
+            q.add_argument("--temperature", type=float, default=0.1)
+        elif probe == "linear":
+            q.add_argument("--epochs", type=int, default=100, help="epochs of the linear classifier")
+        else:
+            q.add_argument("--epochs", type=int, default=30)
+            q.add_argument("--batch-size", type=int, default=256)
+            q.add_argument("--lr", type=float, default=0.1, help="the head's learning rate per 256 images (default 0.1)")
+            q.add_argument("--backbone-lr-ratio", type=float, default=0.1,
+                           help="the backbone's learning rate as a fraction of the head's (default 0.1; 0 freezes it)")
+            q.add_argument("--weight-decay", type=float, default=5e-4)
+            q.add_argument("--max-steps", type=int, help="stop after this many steps (smoke tests)")
+        if probe != "knn":
+            group = q.add_mutually_exclusive_group()
+            group.add_argument("--labels-per-class", type=int, metavar="N",
+                               help="train on a fixed class-balanced subset of N labelled images per class")
+            group.add_argument("--label-fraction", type=float, metavar="F",
+                               help="train on a fixed class-balanced fraction of the labels, e.g. 0.01 or 0.1 (SimCLR/BYOL)")
+        q.set_defaults(func=cmd_eval)
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
     from .engine import evaluate
 
+    if args.probe == "knn":
+        options: dict[str, Any] = dict(k=args.k, temperature=args.temperature)
+    elif args.probe == "linear":
+        options = dict(linear_epochs=args.epochs)
+    else:
+        options = dict(finetune_args=dict(
+            epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, backbone_lr_ratio=args.backbone_lr_ratio,
+            weight_decay=args.weight_decay, max_steps=args.max_steps, progress=not args.json,
+        ))
     result = evaluate(
-        args.run, probe="finetune", data=args.data, test_data=args.test_data, val_fraction=args.val_fraction,
-        data_dir=args.data_dir, device=args.device,
-        train_subset=args.train_subset, test_subset=args.test_subset, baseline=not args.no_baseline,
-        labels_per_class=args.labels_per_class, label_fraction=args.label_fraction,
-        finetune_args=dict(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-                           backbone_lr_ratio=args.backbone_lr_ratio, weight_decay=args.weight_decay,
-                           max_steps=args.max_steps, progress=not args.json),
+        args.run, probe=args.probe, data=args.data, test_data=args.test_data, val_fraction=args.val_fraction,
+        data_dir=args.data_dir, device=args.device, train_subset=args.train_subset, test_subset=args.test_subset,
+        baseline=not args.no_baseline, labels_per_class=getattr(args, "labels_per_class", None),
+        label_fraction=getattr(args, "label_fraction", None), **options,
     )
     if args.json:
         print(json.dumps(result, indent=2))
         return 0
     learned, random = result["learned"], result.get("random")
-    print(f"fine-tune: trained on {result['bank']}; scored on {result['queries']}")
-    line = (f"fine-tune ({result['train_images']} labelled images): pretrained top-1 "
-            f"{_pct(learned['top1'])}, top-5 {_pct(learned['top5'])}")
-    if random:
-        scratch = "from the initial backbone" if result["baseline"] != "random-init" else "from scratch"
-        line += f"  vs {scratch} top-1 {_pct(random['top1'])}, top-5 {_pct(random['top5'])}"
+    if args.probe == "finetune":
+        print(f"fine-tune: trained on {result['bank']}; scored on {result['queries']}")
+        line = (f"fine-tune ({result['train_images']} labelled images): pretrained top-1 "
+                f"{pct(learned['top1'])}, top-5 {pct(learned['top5'])}")
+        if random:
+            scratch = "from the initial backbone" if result["baseline"] != "random-init" else "from scratch"
+            line += f"  vs {scratch} top-1 {pct(random['top1'])}, top-5 {pct(random['top5'])}"
+    else:
+        probe = f"knn (k={result['k']})" if args.probe == "knn" else args.probe
+        print(f"{probe}: {'bank' if args.probe == 'knn' else 'trained on'} {result['bank']}; scored on {result['queries']}")
+        line = f"{probe}: top-1 {pct(learned['top1'])}, top-5 {pct(learned['top5'])}"
+        if random:
+            line += f"  ({result['baseline']}: top-1 {pct(random['top1'])}, top-5 {pct(random['top5'])})"
     print(line)
     return 0
 
 
+# -- attention ------------------------------------------------------------------------------------
+def add_attention(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "attention", help="picture of a ViT run's last-layer [CLS] attention heads over an image",
+        description="Render the last block's [CLS] self-attention, per head, over an image (the DINO paper's figures).",
+    )
+    p.add_argument("run", help="a run directory or a checkpoint file (ViT backbone)")
+    p.add_argument("--image", required=True, help="an image file")
+    p.add_argument("--out", default="attn.png", help="output PNG")
+    p.add_argument("--size", type=int, help="side the image is resized to (default: the run's image size)")
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=cmd_attention)
+
+
+def cmd_attention(args: argparse.Namespace) -> int:
+    import torch
+
+    from .data.imageset import decode_to_array
+    from .engine import load_method
+    from .eval.attention import cls_attention, patch_size, render_attention
+
+    method, config, image_size = load_method(args.run, args.device)
+    backbone = method.eval_backbone
+    patch = patch_size(backbone)  # refuses non-ViT backbones
+    size = max(patch, (args.size or image_size) // patch * patch)
+    try:
+        image = decode_to_array(args.image, size)
+    except (OSError, ValueError) as exc:
+        raise DataError(f"cannot read --image '{args.image}': {exc}") from None
+    device = next(method.parameters()).device
+    attention = cls_attention(backbone, method.eval_transform(torch.from_numpy(image)[None].to(device)))
+    out = render_attention(image, attention[0], args.out, title=f"{config.method} / {backbone.arch}: last-layer [CLS] attention")
+    print(f"wrote {out} ({attention.shape[1]} heads, {attention.shape[2]}x{attention.shape[3]} patches of {patch} px)")
+    return 0
+
+
 # -- compare --------------------------------------------------------------------------------------
-@register_command
-def _add_compare(sub: argparse._SubParsersAction) -> None:
+def add_compare(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "compare", help="one table of the probes of several runs (Markdown, CSV)",
         description="Compare runs: method, backbone, epochs, kNN (last and best during training, random-init), "
@@ -125,8 +199,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 # -- report ---------------------------------------------------------------------------------------
-@register_command
-def _add_report(sub: argparse._SubParsersAction) -> None:
+def add_report(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "report", help="write RUN/report/index.html: curves, embedding map, neighbours, augmentations",
         description="Write an offline HTML report of a run with PNG figures: loss / learning-rate / kNN curves, a "
@@ -157,7 +230,6 @@ def cmd_report(args: argparse.Namespace) -> int:
     from .engine.checkpoint import CheckpointError
     from .engine.evaluate import eval_datasets
     from .engine.hardware import autocast_dtype, pick_device
-    from .errors import DataError
     from .eval.report import write_report
 
     path = Path(args.run)
@@ -216,12 +288,6 @@ def _attention_hook(method: Any, dataset: Any, device: Any, notes: list[str], co
     if getattr(dataset, "images", None) is None:
         notes.append("Attention maps are not drawn: the images are streamed, not in memory.")
         return None
-    import importlib.util
-
-    if importlib.util.find_spec("selfsup.eval.attention") is None:
-        notes.append("Attention maps are not drawn: selfsup.eval.attention is missing from this installation.")
-        return None
-
     def draw(out_dir: Path) -> list[tuple[str, str]]:
         import torch
 
@@ -245,8 +311,7 @@ def _attention_hook(method: Any, dataset: Any, device: Any, notes: list[str], co
 
 
 # -- export ---------------------------------------------------------------------------------------
-@register_command
-def _add_export(sub: argparse._SubParsersAction) -> None:
+def add_export(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "export", help="write the backbone as .safetensors with torchvision or timm key names",
         description="Export a run's backbone so that a plain torchvision/timm model loads it with "
@@ -267,7 +332,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     from .api import find_encoder, uses_own_representation
     from .engine import build_recipe, load_method
     from .engine.checkpoint import resolve_checkpoint
-    from .eval.export import IMAGENET_MEAN, IMAGENET_STD, ExportError, export_backbone
+    from .eval.export import IMAGENET_MEAN, IMAGENET_STD, ExportError, export_backbone, read_export
     from .methods import Method
     from .nn.backbones import Backbone
 
@@ -291,8 +356,6 @@ def cmd_export(args: argparse.Namespace) -> int:
     except ExportError as exc:
         choices = [n for n, m in method.named_modules() if isinstance(m, Backbone) and n and m is not backbone]
         raise ExportError(f"{exc} The method's backbones: {', '.join(choices) or 'none other'}.") from None
-    from .eval.export import read_export
-
     _, metadata = read_export(out)
     print(f"wrote {out} ({backbone.arch}, {args.fmt} key names, {backbone.feature_dim}-d features)")
     print("load it without selfsup:\n  " + metadata["usage"].replace("\n", "\n  "))
@@ -300,8 +363,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 # -- embed / neighbors ----------------------------------------------------------------------------
-@register_command
-def _add_embed(sub: argparse._SubParsersAction) -> None:
+def add_embed(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "embed", help="embed a folder of images with a trained backbone (.npy + .csv of file names)",
         description="Compute the backbone's features of every image of a folder (or another source), batched on "
@@ -342,8 +404,7 @@ def cmd_embed(args: argparse.Namespace) -> int:
     return 0
 
 
-@register_command
-def _add_neighbors(sub: argparse._SubParsersAction) -> None:
+def add_neighbors(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "neighbors", help="nearest images to a query, or near-duplicate pairs, from `selfsup embed`'s output",
         description="Find the images most similar to a query image or row, or list near-duplicate pairs. Similarity "
@@ -417,3 +478,7 @@ def cmd_neighbors(args: argparse.Namespace) -> int:
     for rank, (i, s) in enumerate(found, 1):
         print(f"{rank}\t{s:.4f}\t{names[i]}")
     return 0
+
+
+# The subcommands `selfsup --help` lists after train, eval, methods and data, in this order.
+COMMANDS = (add_attention, add_compare, add_report, add_export, add_embed, add_neighbors)

@@ -123,7 +123,7 @@ def test_vicreg_learns_on_cifar10(tmp_path) -> None:
     2048 of solo-learn's CIFAR recipe, for a shorter CPU run), the method's defaults otherwise
     (LARS lr 0.2, weights 25/25/1, solo-learn's CIFAR views). Seeds, gains, spread and margin:
     EVIDENCE["vicreg"] in tests/learning.py; std x sqrt(d) was 0.81-0.82 on every seed."""
-    from selfsup.engine.logger import read_metrics
+    from selfsup.runs import read_metrics
 
     for seed, summary in enumerate(assert_learns("vicreg", tmp_path)):
         std, dim = output_std(summary)

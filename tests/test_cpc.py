@@ -15,7 +15,7 @@ from selfsup.augment.recipes import IMAGENET_MEAN, IMAGENET_STD, cpc_geometry, d
 from selfsup.engine import TrainConfig
 from selfsup.errors import ConfigError
 from selfsup.losses import cpc_loss
-from selfsup.methods.cpc import orient
+from selfsup.nn.context import orient
 from selfsup.nn import create_backbone
 
 from .learning import assert_learns

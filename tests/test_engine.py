@@ -67,7 +67,7 @@ def test_metrics_of_a_run_resumed_after_a_crash_have_each_step_once(tmp_path, mo
     """A run that dies after its last checkpoint has logged steps its resumed run logs again
     (metrics.jsonl is only appended to); read_metrics, which the report uses, keeps each step
     once, from the run that went on."""
-    from selfsup.engine.logger import read_jsonl, read_metrics
+    from selfsup.runs import read_jsonl, read_metrics
     from selfsup.eval.report import read_run
     from selfsup.methods.simclr import SimCLR
 

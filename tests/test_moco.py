@@ -16,7 +16,7 @@ from selfsup.engine import TrainConfig, Trainer
 from selfsup.errors import ConfigError
 from selfsup.losses import info_nce, mocov3_loss
 from selfsup.methods import Progress
-from selfsup.methods.moco import SubBatchNorm
+from selfsup.nn.shuffle_bn import SubBatchNorm
 from selfsup.nn import create_backbone, ema_update
 from selfsup.nn.queue import KeyQueue
 

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from selfsup import methods
 from selfsup.augment import create_recipe
 from selfsup.engine import TrainConfig, Trainer
-from selfsup.engine.logger import read_metrics
+from selfsup.runs import read_metrics
 from selfsup.losses import sinkhorn, swav_loss
 from selfsup.methods import Progress
 from selfsup.nn import create_backbone

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from ..data import ImageSet
-from ..engine.logger import read_jsonl, read_metrics
+from ..runs import read_jsonl, read_metrics
 from .knn import extract_features
 
 # Columns of `selfsup compare`: (key, header); values that are fractions print as percentages.

@@ -3,7 +3,6 @@ Approach to Self-Supervised Learning" (arXiv 2006.07733)."""
 
 from __future__ import annotations
 
-import copy
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -13,7 +12,7 @@ from torch import nn
 
 from ..errors import ConfigError
 from ..losses import byol_loss, normalized_output_std
-from ..nn import MLP, cosine_momentum
+from ..nn import MLP, cosine_momentum, frozen_copy
 from .base import Method, MethodConfig, Progress, RecipeChoice, mlp_dims
 from .registry import register
 
@@ -89,10 +88,8 @@ class BYOL(Method):
         super().__init__(backbone, config)
         self.projector = MLP(backbone.feature_dim, config.proj_hidden_dim, config.proj_output_dim)
         self.predictor = MLP(config.proj_output_dim, config.pred_hidden_dim, config.proj_output_dim)
-        self.target_backbone = copy.deepcopy(self.backbone)
-        self.target_projector = copy.deepcopy(self.projector)
-        for param in (*self.target_backbone.parameters(), *self.target_projector.parameters()):
-            param.requires_grad_(False)
+        self.target_backbone = frozen_copy(self.backbone)
+        self.target_projector = frozen_copy(self.projector)
 
     def default_recipe(self, image_size: int) -> RecipeChoice:
         return RecipeChoice("byol")

@@ -14,9 +14,9 @@ from ..augment import ops
 from ..augment.recipes import normalized_lab
 from ..errors import ConfigError
 from ..losses import cross_view_softmax, memory_softmax, multiview_objective, nce_loss, nce_normalizer
-from ..nn import Backbone, all_reduce_mean, available_backbones, create_backbone, gather, gather_with_grad
-from ..nn import get_rank, get_world_size
+from ..nn import Backbone, all_reduce_mean, gather, gather_with_grad, get_rank, get_world_size
 from ..nn.memory import MemoryBank
+from ..nn.multiview import MultiViewEncoder, view_encoder
 from .base import Method, MethodConfig, RecipeChoice
 from .registry import register
 
@@ -55,36 +55,6 @@ class CMCConfig(MethodConfig):
             raise ConfigError("cmc width must be > 0, and num_negatives and embedding_dim >= 1.")
         if not 0.0 <= self.bank_momentum < 1.0:
             raise ConfigError(f"cmc bank_momentum must be in [0, 1), got {self.bank_momentum}.")
-
-
-class MultiViewEncoder(nn.Module):
-    """One encoder per view; the input stacks the views along channels ``(B, sum C_v, H, W)`` and
-    the output concatenates the encoders' features (CMC's representation, as its linear probes)."""
-
-    def __init__(self, encoders: list[Backbone], channels: tuple[int, ...]) -> None:
-        super().__init__()
-        self.encoders = nn.ModuleList(encoders)
-        self.channels = list(channels)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.shape[1] != sum(self.channels):
-            raise ConfigError(
-                f"CMC's encoders take {sum(self.channels)} channels (views {self.channels}), got {x.shape[1]}."
-            )
-        return torch.cat([encoder(part) for encoder, part in zip(self.encoders, x.split(self.channels, dim=1))], dim=1)
-
-
-def view_encoder(backbone: Backbone, in_channels: int, width: float) -> Backbone:
-    """A copy of ``backbone``'s architecture for a view of ``in_channels`` channels, ``width``
-    times as wide (``width`` is the base channel count of the tiny net and of the ResNets)."""
-    args = {**backbone.build_args, "in_channels": in_channels}
-    if backbone.arch not in available_backbones():
-        raise ConfigError(f"CMC builds one encoder per view from a registered backbone; '{backbone.arch}' is not one.")
-    if width != 1.0:
-        if "width" not in args:
-            raise ConfigError(f"backbone '{backbone.arch}' has no width to scale; set method.width=1.0.")
-        args["width"] = max(1, round(args["width"] * width))
-    return create_backbone(backbone.arch, **args)
 
 
 @register

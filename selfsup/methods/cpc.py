@@ -17,6 +17,7 @@ from ..augment.recipes import IMAGENET_MEAN, IMAGENET_STD, cpc_geometry, patch_g
 from ..errors import ConfigError
 from ..losses import cpc_loss
 from ..nn import gather_with_grad, get_rank
+from ..nn.context import ContextNetwork, orient
 from .base import Method, MethodConfig, RecipeChoice
 from .registry import register
 
@@ -47,61 +48,6 @@ class CPCConfig(MethodConfig):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ConfigError(f"cpc {name} must be >= 1 (or null), got {value}.")
-
-
-class RowCausalConv2d(nn.Module):
-    """A 3x3 convolution masked in the PixelCNN manner so that output row r sees input rows
-    r-1 and r only, never a row below: the masked kernel's bottom row is zero, so it is computed as
-    a 2x3 kernel over the input padded by one row on top (the same function, no wasted products)."""
-
-    def __init__(self, in_channels: int, out_channels: int) -> None:
-        super().__init__()
-        self.conv = nn.Conv2d(in_channels, out_channels, kernel_size=(2, 3))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv(F.pad(x, (1, 1, 1, 0)))
-
-
-class ChannelLayerNorm(nn.LayerNorm):
-    """Layer norm over the channels of each grid position: unlike batch norm or a norm over the
-    whole grid, it mixes nothing between positions, so it keeps the context causal."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return super().forward(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
-
-
-class ContextBlock(nn.Module):
-    """Pre-activation bottleneck residual block (norm, ReLU, 1x1, ReLU, masked 3x3, ReLU, 1x1)."""
-
-    def __init__(self, channels: int, hidden: int) -> None:
-        super().__init__()
-        self.norm = ChannelLayerNorm(channels)
-        self.reduce = nn.Conv2d(channels, hidden, 1)
-        self.conv = RowCausalConv2d(hidden, hidden)
-        self.expand = nn.Conv2d(hidden, channels, 1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.conv(F.relu(self.reduce(F.relu(self.norm(x)))))
-        return x + self.expand(F.relu(h))
-
-
-class ContextNetwork(nn.Sequential):
-    """The autoregressive context network over a feature grid ``(B, D, H, W)``: a stack of masked
-    residual blocks in the PixelCNN manner, so the context at row r depends only on rows <= r."""
-
-    def __init__(self, channels: int, hidden: int, blocks: int) -> None:
-        super().__init__(*[ContextBlock(channels, hidden) for _ in range(blocks)], ChannelLayerNorm(channels))
-
-
-def orient(grid: torch.Tensor, direction: str) -> torch.Tensor:
-    """The grid turned so that predicting rows *below* means predicting in ``direction``."""
-    if direction == "down":
-        return grid
-    if direction == "up":
-        return grid.flip(2)
-    if direction == "right":
-        return grid.transpose(2, 3)
-    return grid.transpose(2, 3).flip(2)  # "left"
 
 
 @register

@@ -3,26 +3,20 @@ Self-Supervised Vision Transformers" (arXiv 2104.14294)."""
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ConfigError
 from ..losses import dino_loss, normalized_output_std
-from ..nn import all_reduce_sum, cosine_momentum
-from ..nn.backbones import SMALL_IMAGE, Backbone, forward_multicrop
+from ..nn import all_reduce_sum, cosine_momentum, frozen_copy
+from ..nn.backbones import SMALL_IMAGE, Backbone, forward_multicrop, is_vit, max_drop_path, without_drop_path
+from ..nn.heads import DINOHead
 from .base import Method, MethodConfig, Progress, RecipeChoice, mlp_dims
 from .registry import register
-
-
-def is_vit(backbone: nn.Module | str) -> bool:
-    arch = backbone if isinstance(backbone, str) else getattr(backbone, "arch", "")
-    return arch.startswith("vit")
 
 
 @dataclass
@@ -68,52 +62,6 @@ class DINOConfig(MethodConfig):
             raise ConfigError(f"dino clip_grad must be >= 0 (0 disables), got {self.clip_grad}.")
 
 
-class WeightNormLinear(nn.Module):
-    """Linear layer without bias whose rows are ``g * v / |v|`` (Salimans & Kingma 2016,
-    arXiv 1602.07868), computed in float32 even under autocast: its outputs are divided by
-    temperatures as low as 0.04 before a softmax."""
-
-    def __init__(self, in_dim: int, out_dim: int, learn_norm: bool) -> None:
-        super().__init__()
-        self.weight_v = nn.Parameter(nn.Linear(in_dim, out_dim, bias=False).weight.detach().clone())
-        self.weight_g = nn.Parameter(torch.ones(out_dim, 1), requires_grad=learn_norm)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        with torch.autocast(device_type=x.device.type, enabled=False):
-            return F.linear(x.float(), self.weight_g * F.normalize(self.weight_v, dim=1))
-
-
-class DINOHead(nn.Module):
-    """MLP (GELU, hidden 2048) -> bottleneck 256 -> L2 normalization -> weight-normalized linear to K."""
-
-    def __init__(self, in_dim: int, config: DINOConfig, out_dim: int) -> None:
-        super().__init__()
-        dims = [in_dim] + [config.hidden_dim] * (config.head_layers - 1) + [config.bottleneck_dim]
-        layers: list[nn.Module] = []
-        for i in range(config.head_layers):
-            layers.append(nn.Linear(dims[i], dims[i + 1]))
-            if i < config.head_layers - 1:
-                layers += [nn.BatchNorm1d(dims[i + 1])] if config.use_bn_in_head else []
-                layers.append(nn.GELU())
-        self.mlp = nn.Sequential(*layers)
-        for module in self.mlp.modules():
-            if isinstance(module, nn.Linear):  # official _init_weights: truncated normal, std 0.02
-                nn.init.trunc_normal_(module.weight, std=0.02)
-                nn.init.zeros_(module.bias)
-        self.last_layer = WeightNormLinear(config.bottleneck_dim, out_dim, learn_norm=not config.norm_last_layer)
-
-    def embed(self, x: torch.Tensor) -> torch.Tensor:
-        """The L2-normalized bottleneck (float32) that the last layer maps to the K outputs."""
-        x = self.mlp(x)
-        with torch.autocast(device_type=x.device.type, enabled=False):
-            return F.normalize(x.float(), dim=-1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        z = self.embed(x)
-        with torch.autocast(device_type=z.device.type, enabled=False):
-            return self.last_layer(z)
-
-
 @register
 class DINO(Method):
     """Self-distillation with no labels: a student matches, on every view, the centered and
@@ -157,17 +105,13 @@ class DINO(Method):
         super().__init__(backbone, config)
         image_size = int(backbone.build_args.get("image_size", 224))
         self.out_dim = config.out_dim or (4096 if image_size <= SMALL_IMAGE else 65536)
-        self.head = DINOHead(backbone.feature_dim, config, self.out_dim)
-        self.teacher_backbone = copy.deepcopy(backbone)
+        self.head = DINOHead(
+            backbone.feature_dim, self.out_dim, config.hidden_dim, config.bottleneck_dim, config.head_layers,
+            config.use_bn_in_head, config.norm_last_layer,
+        )
         # The teacher has no stochastic depth (main_dino.py builds it without drop_path_rate).
-        for module in self.teacher_backbone.modules():
-            if hasattr(module, "drop_prob"):
-                module.drop_prob = 0.0
-        if "drop_path_rate" in self.teacher_backbone.build_args:
-            self.teacher_backbone.build_args = {**self.teacher_backbone.build_args, "drop_path_rate": 0.0}
-        self.teacher_head = copy.deepcopy(self.head)
-        for param in [*self.teacher_backbone.parameters(), *self.teacher_head.parameters()]:
-            param.requires_grad = False
+        self.teacher_backbone = without_drop_path(frozen_copy(backbone))
+        self.teacher_head = frozen_copy(self.head)
         self.register_buffer("center", torch.zeros(self.out_dim))
         # (sum of this step's teacher outputs, their count): applied after the optimizer step.
         self._pending_center: torch.Tensor | None = None
@@ -184,8 +128,6 @@ class DINO(Method):
 
     def describe(self) -> dict[str, Any]:
         c = self.config
-        drop_paths = [getattr(m, "drop_prob") for m in self.backbone.modules() if hasattr(m, "drop_prob")]
-        teacher_drop_paths = [getattr(m, "drop_prob") for m in self.teacher_backbone.modules() if hasattr(m, "drop_prob")]
         return {
             "out_dim": self.out_dim, "head": mlp_dims(self.head.mlp), "bottleneck_dim": c.bottleneck_dim,
             "norm_last_layer": c.norm_last_layer, "student_temperature": c.student_temperature,
@@ -195,8 +137,8 @@ class DINO(Method):
             },
             "center_momentum": c.center_momentum, "clip_grad": c.clip_grad,
             "freeze_last_layer_epochs": c.freeze_last_layer_epochs,
-            "student_max_drop_path": round(float(max(drop_paths, default=0.0)), 6),
-            "teacher_max_drop_path": round(float(max(teacher_drop_paths, default=0.0)), 6),
+            "student_max_drop_path": round(max_drop_path(self.backbone), 6),
+            "teacher_max_drop_path": round(max_drop_path(self.teacher_backbone), 6),
         }
 
     @property

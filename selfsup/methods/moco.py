@@ -4,19 +4,18 @@ Baselines with Momentum Contrastive Learning" (arXiv 2003.04297)."""
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ConfigError
 from ..losses import info_nce
-from ..nn import MLP, cosine_momentum, gather, get_rank, get_world_size, is_distributed
+from ..nn import MLP, cosine_momentum, frozen_copy, get_world_size
 from ..nn.queue import KeyQueue
+from ..nn.shuffle_bn import shuffled_forward, split_batchnorms
 from .base import Method, MethodConfig, Progress, RecipeChoice, mlp_dims
 from .registry import register
 
@@ -72,55 +71,6 @@ class MoCoV2Config(MoCoConfig):
     mlp_head: bool = True  # 2-layer MLP head (2048-d hidden for ResNet-50, ReLU)
 
 
-class SubBatchNorm(nn.Module):
-    """Batch norm whose training-mode statistics are those of ``groups`` consecutive equal
-    sub-batches, each normalized on its own — one kernel call: ``(G*b, C, ...)`` is viewed as
-    ``(b, G*C, ...)``. In eval mode it normalizes with the running statistics, as BatchNorm.
-
-    It has BatchNorm's parameters and buffers, in the same order and under the same names (so
-    state dicts and ``ema_update`` pair it with the query encoder's BN), but is deliberately not a
-    ``_BatchNorm``: ``SyncBatchNorm.convert_sync_batchnorm`` must leave the key encoder's shuffled
-    statistics alone. Used only in MoCo's key encoder, which runs in training mode only (keys are
-    always normalized with their sub-batch's statistics), so its running statistics are never read
-    and are not tracked: they keep their initial values (the official code updates them as a side
-    effect of its key passes and never uses them either).
-    """
-
-    def __init__(self, bn: nn.modules.batchnorm._BatchNorm) -> None:
-        super().__init__()
-        self.eps, self.groups = bn.eps, 1
-        self.weight = nn.Parameter(bn.weight.detach().clone()) if bn.weight is not None else None
-        self.bias = nn.Parameter(bn.bias.detach().clone()) if bn.bias is not None else None
-        for name in ("running_mean", "running_var", "num_batches_tracked"):
-            value = getattr(bn, name, None)
-            self.register_buffer(name, value.clone() if value is not None else None)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.training and self.running_mean is not None:
-            return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0, self.eps)
-        groups, (n, c), rest = self.groups, x.shape[:2], x.shape[2:]
-        b = n // groups
-        y = x.reshape(groups, b, c, *rest).transpose(0, 1).reshape(b, groups * c, *rest)
-        weight = self.weight.repeat(groups) if self.weight is not None else None
-        bias = self.bias.repeat(groups) if self.bias is not None else None
-        y = F.batch_norm(y, None, None, weight, bias, True, 0.0, self.eps)
-        return y.reshape(b, groups, c, *rest).transpose(0, 1).reshape(n, c, *rest)
-
-
-def split_batchnorms(module: nn.Module) -> list[SubBatchNorm]:
-    """Replace every BatchNorm1d/2d/3d inside ``module`` by a :class:`SubBatchNorm` with the same
-    parameters and buffers (same state-dict keys); returns the replacements."""
-    replaced = []
-    for name, child in module.named_children():
-        if type(child) in (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d):
-            split = SubBatchNorm(child)
-            setattr(module, name, split)
-            replaced.append(split)
-        else:
-            replaced += split_batchnorms(child)
-    return replaced
-
-
 @register
 class MoCo(Method):
     """A query encoder and a momentum key encoder; InfoNCE of each query against its key (the other
@@ -128,13 +78,10 @@ class MoCo(Method):
 
     The key encoder is an EMA of the query encoder (backbone and head), declared in
     :meth:`ema_pairs` and updated by the engine after each optimizer step. The step's keys are
-    enqueued in :meth:`after_optimizer_step`, never in ``forward``. Shuffling BN: the key batch of
-    all processes is gathered, permuted (the permutation drawn on rank 0 and broadcast), split into
-    ``shuffle_bn_groups`` sub-batches (each process computes its own, as the official code) and
-    unshuffled, so a query and its key never share BN statistics. On one process the same sub-batches
-    are normalized separately in one pass (:class:`SubBatchNorm`), so one process with
-    ``shuffle_bn_groups = W`` computes exactly the keys of W processes. The keys of all processes
-    are gathered (in rank order) before they are enqueued, so every rank holds the same queue.
+    enqueued in :meth:`after_optimizer_step`, never in ``forward``. Shuffling BN over
+    ``shuffle_bn_groups`` sub-batches (:mod:`selfsup.nn.shuffle_bn`) keeps a query and its key from
+    sharing BN statistics. The keys of all processes are gathered (in rank order) before they are
+    enqueued, so every rank holds the same queue.
     """
 
     name = "moco_v1"
@@ -161,11 +108,9 @@ class MoCo(Method):
             self.head = MLP(width, config.proj_hidden_dim or width, config.embed_dim, num_layers=2, batch_norm=False)
         else:
             self.head = nn.Linear(width, config.embed_dim)
-        self.key_backbone = copy.deepcopy(self.backbone)
-        self.key_head = copy.deepcopy(self.head)
+        self.key_backbone = frozen_copy(self.backbone)
+        self.key_head = frozen_copy(self.head)
         self._split_bns = split_batchnorms(self.key_backbone) + split_batchnorms(self.key_head)
-        for param in (*self.key_backbone.parameters(), *self.key_head.parameters()):
-            param.requires_grad_(False)
         small = backbone.build_args.get("image_size", 224) <= SMALL_IMAGE
         size = config.queue_size or (4096 if small else 65536)
         self.queue = KeyQueue(size, config.embed_dim)  # keys of the second views (queried by the first)
@@ -218,38 +163,14 @@ class MoCo(Method):
                 self.queue_sym.enqueue(self._pending_keys[1])
             self._pending_keys = None
 
-    def bn_groups(self, batch: int, world: int) -> int:
-        """Sub-batches of the global key batch for shuffling BN (1: no shuffling needed)."""
-        if not self._split_bns:
-            return 1  # no BN in the key encoder (e.g. a ViT): nothing can leak through statistics
-        groups = max(self.config.shuffle_bn_groups, world)
-        if groups % world or (batch * world) % groups or batch * world < 2 * groups:
-            raise ConfigError(
-                f"shuffling BN splits the global batch of {batch * world} keys into {groups} sub-batches over {world} "
-                f"process(es): it needs a multiple of the process count and at least 2 images per sub-batch. "
-                "Choose a batch_size divisible by shuffle_bn_groups, or another shuffle_bn_groups."
-            )
-        return groups
-
-    @torch.no_grad()
     def keys(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """L2-normalized keys (float32 even under autocast: the queue holds unit vectors) of this
-        process's images and of the global batch (rank order)."""
-        world, rank, batch = get_world_size(), get_rank(), images.shape[0]
-        groups = self.bn_groups(batch, world)
-        for bn in self._split_bns:
-            bn.groups = groups // world
-        if groups == 1:
-            keys = F.normalize(self.key_head(self.key_backbone(images)).float(), dim=1)
-            return keys, gather(keys)
-        everything = gather(images)
-        order = torch.randperm(everything.shape[0], device=images.device)
-        if is_distributed():
-            dist.broadcast(order, src=0)  # one permutation for all ranks
-        mine = order.view(world, batch)[rank]
-        shuffled = gather(F.normalize(self.key_head(self.key_backbone(everything[mine])).float(), dim=1))
-        all_keys = torch.empty_like(shuffled).index_copy_(0, order, shuffled)  # undo the shuffle
-        return all_keys[rank * batch : (rank + 1) * batch], all_keys
+        process's images and of the global batch (rank order), under shuffling BN."""
+
+        def encode(x: torch.Tensor) -> torch.Tensor:
+            return F.normalize(self.key_head(self.key_backbone(x)).float(), dim=1)
+
+        return shuffled_forward(encode, images, self._split_bns, self.config.shuffle_bn_groups)
 
 
 @register
@@ -262,9 +183,8 @@ class MoCoV2(MoCo):
     description = "MoCo with MLP head, blur augmentation, temperature 0.2, cosine schedule (Chen et al. 2020)"
     paper = "arXiv 2003.04297"
     Config = MoCoV2Config
-    # Unchanged from v1: SGD, lr 0.03 per 256, weight decay 1e-4, no warmup; cosine decay (section 2;
-    # official main_moco.py --cos, 200 epochs).
-    optim_defaults = {"optimizer": "sgd", "lr": 0.03, "weight_decay": 1e-4, "warmup_epochs": 0.0}
+    # v1's optim_defaults (SGD, lr 0.03 per 256, weight decay 1e-4, no warmup) with cosine decay
+    # (section 2; official main_moco.py --cos, 200 epochs).
 
     @classmethod
     def defaults_for(cls, backbone: str, epochs: int) -> dict[str, Any]:

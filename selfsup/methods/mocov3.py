@@ -3,7 +3,6 @@ Transformers" (arXiv 2104.02057)."""
 
 from __future__ import annotations
 
-import copy
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -13,14 +12,10 @@ from torch import nn
 
 from ..errors import ConfigError
 from ..losses import mocov3_loss
-from ..nn import MLP, cosine_momentum, gather, get_rank
+from ..nn import MLP, cosine_momentum, frozen_copy, gather, get_rank
+from ..nn.backbones import is_vit
 from .base import Method, MethodConfig, Progress, RecipeChoice, mlp_dims
 from .registry import register
-
-
-def is_vit(backbone: nn.Module | str) -> bool:
-    arch = backbone if isinstance(backbone, str) else getattr(backbone, "arch", "")
-    return arch.startswith("vit")
 
 
 @dataclass
@@ -130,10 +125,8 @@ class MoCoV3(Method):
         self.predictor = MLP(
             config.embed_dim, config.pred_hidden_dim, config.embed_dim, 2, last_bn=vit, last_bn_affine=False
         )
-        self.key_backbone = copy.deepcopy(self.backbone)
-        self.key_projector = copy.deepcopy(self.projector)
-        for param in (*self.key_backbone.parameters(), *self.key_projector.parameters()):
-            param.requires_grad_(False)
+        self.key_backbone = frozen_copy(self.backbone)
+        self.key_projector = frozen_copy(self.projector)
 
     def default_recipe(self, image_size: int) -> RecipeChoice:
         # BYOL's asymmetric views (blur 1.0 / 0.1, solarize 0 / 0.2), crop scale from 0.08 for ViTs

@@ -47,6 +47,27 @@ def available_backbones() -> list[str]:
     return sorted(_BACKBONES)
 
 
+def is_vit(backbone: nn.Module | str) -> bool:
+    """Whether a backbone (or a backbone name) is a vision transformer."""
+    arch = backbone if isinstance(backbone, str) else getattr(backbone, "arch", "")
+    return str(arch).startswith("vit")
+
+
+def max_drop_path(module: nn.Module) -> float:
+    """The highest stochastic-depth rate of a model's blocks (timm's ``DropPath.drop_prob``; 0 without any)."""
+    return float(max((m.drop_prob for m in module.modules() if hasattr(m, "drop_prob")), default=0.0))
+
+
+def without_drop_path(backbone: Backbone) -> Backbone:
+    """``backbone`` with its stochastic depth turned off, also in the ``build_args`` that rebuild it."""
+    for module in backbone.modules():
+        if hasattr(module, "drop_prob"):
+            module.drop_prob = 0.0
+    if "drop_path_rate" in backbone.build_args:
+        backbone.build_args = {**backbone.build_args, "drop_path_rate": 0.0}
+    return backbone
+
+
 def create_backbone(name: str, image_size: int = 32, in_channels: int = 3, **kwargs: Any) -> Backbone:
     """Build backbone ``name`` for ``image_size`` px images with ``in_channels`` input channels."""
     if name not in _BACKBONES:

@@ -2,10 +2,22 @@
 
 from __future__ import annotations
 
+import copy
 import math
+from typing import TypeVar
 
 import torch
 from torch import nn
+
+M = TypeVar("M", bound=nn.Module)
+
+
+def frozen_copy(module: M) -> M:
+    """A copy of ``module`` that no gradient updates: an EMA target (BYOL's target, MoCo's key
+    encoder, DINO's teacher), moved only by :func:`ema_update`."""
+    target = copy.deepcopy(module)
+    target.requires_grad_(False)
+    return target
 
 
 def cosine_momentum(base: float, progress: float, final: float = 1.0) -> float:

@@ -1,7 +1,9 @@
-"""Heads shared by the methods: projection and prediction MLPs."""
+"""Heads shared by the methods: projection and prediction MLPs, and DINO's head."""
 
 from __future__ import annotations
 
+import torch
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -44,3 +46,54 @@ class MLP(nn.Sequential):
             layers.append(bn)
         super().__init__(*layers)
         self.out_dim = out_dim
+
+
+class WeightNormLinear(nn.Module):
+    """Linear layer without bias whose rows are ``g * v / |v|`` (Salimans & Kingma 2016,
+    arXiv 1602.07868), computed in float32 even under autocast: its outputs are divided by
+    temperatures as low as 0.04 before a softmax."""
+
+    def __init__(self, in_dim: int, out_dim: int, learn_norm: bool) -> None:
+        super().__init__()
+        self.weight_v = nn.Parameter(nn.Linear(in_dim, out_dim, bias=False).weight.detach().clone())
+        self.weight_g = nn.Parameter(torch.ones(out_dim, 1), requires_grad=learn_norm)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            return F.linear(x.float(), self.weight_g * F.normalize(self.weight_v, dim=1))
+
+
+class DINOHead(nn.Module):
+    """DINO's projection head (Caron et al. 2021, arXiv 2104.14294, section 3.1 and the official
+    ``DINOHead``): MLP (GELU, hidden 2048) -> bottleneck 256 -> L2 normalization ->
+    weight-normalized linear to K, its norm fixed to 1 with ``norm_last_layer``."""
+
+    def __init__(
+        self, in_dim: int, out_dim: int, hidden_dim: int, bottleneck_dim: int, num_layers: int, use_bn: bool,
+        norm_last_layer: bool,
+    ) -> None:
+        super().__init__()
+        dims = [in_dim] + [hidden_dim] * (num_layers - 1) + [bottleneck_dim]
+        layers: list[nn.Module] = []
+        for i in range(num_layers):
+            layers.append(nn.Linear(dims[i], dims[i + 1]))
+            if i < num_layers - 1:
+                layers += [nn.BatchNorm1d(dims[i + 1])] if use_bn else []
+                layers.append(nn.GELU())
+        self.mlp = nn.Sequential(*layers)
+        for module in self.mlp.modules():
+            if isinstance(module, nn.Linear):  # official _init_weights: truncated normal, std 0.02
+                nn.init.trunc_normal_(module.weight, std=0.02)
+                nn.init.zeros_(module.bias)
+        self.last_layer = WeightNormLinear(bottleneck_dim, out_dim, learn_norm=not norm_last_layer)
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """The L2-normalized bottleneck (float32) that the last layer maps to the K outputs."""
+        x = self.mlp(x)
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            return F.normalize(x.float(), dim=-1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        z = self.embed(x)
+        with torch.autocast(device_type=z.device.type, enabled=False):
+            return self.last_layer(z)
