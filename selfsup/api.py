@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .errors import ConfigError
+from .nn.backbones import find_encoder
 
 
 class Representation(nn.Module):
@@ -32,28 +32,6 @@ def uses_own_representation(method: nn.Module) -> bool:
     from .methods import Method
 
     return type(method).representation is not Method.representation
-
-
-def find_encoder(method: nn.Module, name: str | None) -> nn.Module:
-    """The backbone ``name`` of a method (a dotted attribute path, e.g. ``backbone.body.encoders.0``);
-    by default the one its probes use (``method.eval_backbone``: e.g. DINO's teacher)."""
-    from .nn.backbones import Backbone
-
-    if name is None:
-        return getattr(method, "eval_backbone", method.backbone)
-    path = name
-    module: nn.Module = method
-    for part in path.split("."):
-        module = getattr(module, part, None)  # type: ignore[assignment]
-        if module is None:
-            break
-    if not isinstance(module, Backbone):
-        choices = sorted(n for n, m in method.named_modules() if isinstance(m, Backbone) and n)
-        raise ConfigError(
-            f"method '{getattr(method, 'name', type(method).__name__)}' has no backbone '{path}'. "
-            f"Its backbones: {', '.join(choices) or 'none'}."
-        )
-    return module
 
 
 def load_backbone(source: str | Path, device: str | torch.device = "auto", encoder: str | None = None) -> nn.Module:
@@ -82,7 +60,7 @@ def load_backbone(source: str | Path, device: str | torch.device = "auto", encod
     path = Path(source).expanduser()
     if path.suffix == ".safetensors":
         return load_export(path, torch_device)
-    from .engine.evaluate import load_method
+    from .engine.init import load_method
 
     method, config, image_size = load_method(path, torch_device)
     crop = build_recipe(config, method, image_size).views[0].size

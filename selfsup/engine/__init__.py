@@ -2,7 +2,8 @@
 
 from .build import Built, build, build_method, build_recipe
 from .config import TrainConfig, build_config
-from .evaluate import evaluate, load_method
+from .evaluate import evaluate
+from .init import load_method
 from .trainer import Trainer, train
 
 __all__ = [

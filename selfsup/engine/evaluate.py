@@ -8,8 +8,6 @@ from typing import Any
 
 import torch
 
-from ..config import from_dict
-from ..errors import ConfigError
 from ..data import ImageSet
 from ..eval import extract_features, knn_accuracy, linear_probe
 from ..eval.finetune import finetune, low_label_subset
@@ -19,33 +17,8 @@ from . import checkpoint as ckpt
 from .config import TrainConfig
 from .hardware import autocast_dtype, pick_device
 from .heldout import eval_datasets
-from .init import apply_init
-from .build import build_method, build_recipe
-
-
-def load_method(path_or_run: str | Path, device: str | torch.device = "cpu", random_init: bool = False) -> tuple[Method, TrainConfig, int]:
-    """Rebuild a run's method from a checkpoint (or a run directory's newest checkpoint).
-
-    With ``random_init`` the weights are left as initialized from the run's seed (or, for a run
-    that started from ``init`` weights, as that initial backbone): the baseline every probe is
-    compared against, so the gain is what the run's training added.
-    """
-    path = ckpt.resolve_checkpoint(path_or_run)
-    state = ckpt.load_checkpoint(path, map_location="cpu")
-    if "config" not in state or "model" not in state:
-        raise ckpt.CheckpointError(f"'{path}' is not a selfsup training checkpoint (no config or model).")
-    config = from_dict(TrainConfig, state["config"], f"config in {path.name}")
-    image_size = int(state.get("image_size", 32))
-    method = build_method(config, image_size)
-    if not random_init:
-        method.load_state_dict(state["model"])
-    elif config.init:
-        try:
-            apply_init(method, config.init)
-        except ConfigError as exc:
-            raise ConfigError(f"{exc}\nThe baseline of this run is its initial backbone ({config.init}); "
-                              "give the file again, or skip the baseline with --no-baseline.") from None
-    return method.to(pick_device(str(device))).eval(), config, image_size
+from .init import load_method
+from .build import build_recipe
 
 
 def probe_features(method: Method, config: TrainConfig, image_size: int, dataset: ImageSet, device: torch.device) -> torch.Tensor:

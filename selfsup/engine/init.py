@@ -37,7 +37,13 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..config import from_dict
 from ..errors import ConfigError
+from ..methods import Method
+from . import checkpoint as ckpt
+from .build import build_method
+from .config import TrainConfig
+from .hardware import pick_device
 
 # Keys of the classifier a torchvision/timm model carries; selfsup's backbones end before it.
 CLASSIFIER_KEYS = ("fc.weight", "fc.bias", "head.weight", "head.bias")
@@ -102,9 +108,33 @@ def _read(spec: str, path: Path) -> InitWeights:
     )
 
 
+def load_method(path_or_run: str | Path, device: str | torch.device = "cpu", random_init: bool = False) -> tuple[Method, TrainConfig, int]:
+    """Rebuild a run's method from a checkpoint (or a run directory's newest checkpoint).
+
+    With ``random_init`` the weights are left as initialized from the run's seed (or, for a run
+    that started from ``init`` weights, as that initial backbone): the baseline every probe is
+    compared against, so the gain is what the run's training added.
+    """
+    path = ckpt.resolve_checkpoint(path_or_run)
+    state = ckpt.load_checkpoint(path, map_location="cpu")
+    if "config" not in state or "model" not in state:
+        raise ckpt.CheckpointError(f"'{path}' is not a selfsup training checkpoint (no config or model).")
+    config = from_dict(TrainConfig, state["config"], f"config in {path.name}")
+    image_size = int(state.get("image_size", 32))
+    method = build_method(config, image_size)
+    if not random_init:
+        method.load_state_dict(state["model"])
+    elif config.init:
+        try:
+            apply_init(method, config.init)
+        except ConfigError as exc:
+            raise ConfigError(f"{exc}\nThe baseline of this run is its initial backbone ({config.init}); "
+                              "give the file again, or skip the baseline with --no-baseline.") from None
+    return method.to(pick_device(str(device))).eval(), config, image_size
+
+
 def _from_run(path: Path) -> InitWeights:
-    from ..api import find_encoder
-    from .evaluate import load_method
+    from ..nn.backbones import find_encoder
 
     method, config, _ = load_method(path, "cpu")
     backbone = find_encoder(method, None)

@@ -224,3 +224,23 @@ def forward_multicrop(backbone: nn.Module, views: list[torch.Tensor]) -> torch.T
             outputs.append(backbone(torch.cat(views[start:end])))
             start = end
     return torch.cat(outputs)
+
+
+def find_encoder(method: nn.Module, name: str | None) -> nn.Module:
+    """The backbone ``name`` of a method (a dotted attribute path, e.g. ``backbone.body.encoders.0``);
+    by default the one its probes use (``method.eval_backbone``: e.g. DINO's teacher)."""
+    if name is None:
+        return getattr(method, "eval_backbone", method.backbone)
+    path = name
+    module: nn.Module = method
+    for part in path.split("."):
+        module = getattr(module, part, None)  # type: ignore[assignment]
+        if module is None:
+            break
+    if not isinstance(module, Backbone):
+        choices = sorted(n for n, m in method.named_modules() if isinstance(m, Backbone) and n)
+        raise ConfigError(
+            f"method '{getattr(method, 'name', type(method).__name__)}' has no backbone '{path}'. "
+            f"Its backbones: {', '.join(choices) or 'none'}."
+        )
+    return module
