@@ -28,6 +28,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import torch  # noqa: E402
 from _common import hardware  # noqa: E402
 
 from selfsup.runs import read_metrics  # noqa: E402
@@ -72,7 +73,7 @@ def main() -> None:
                 top1 = random_init_top1(args.method, Path(tmp), seed, **json.loads(args.overrides))
             row = {"method": args.method, "seed": seed, "setting": SETTINGS[args.method], "overrides": json.loads(args.overrides),
                    "knn_random_top1": top1, "precision": json.loads(args.overrides).get("precision", "auto"), "commit": commit(), "seconds": round(time.time() - start, 1),
-                   "hardware": hardware("cpu"), "date": time.strftime("%Y-%m-%d")}
+                   "hardware": hardware("cpu"), "threads": torch.get_num_threads(), "date": time.strftime("%Y-%m-%d")}
             write(row, args.no_write, RANDOM_RESULTS)
         return
     method_args, overrides = json.loads(args.method_args), json.loads(args.overrides)
@@ -104,7 +105,9 @@ def main() -> None:
         "loss_first": losses[:1], "loss_last": losses[-1:], "projection": std,
         "precision": summary.get("precision"), "channels_last": summary.get("channels_last"), "commit": commit(),
         "seconds": round(time.time() - start, 1), "hardware": hardware("cpu"),
-        "date": time.strftime("%Y-%m-%d"),
+        # intra-op threads: bf16 reductions split by thread, so a seed's kNN can move by a few tenths
+        # between 1 thread (the slow suite's xdist workers) and 2
+        "threads": torch.get_num_threads(), "date": time.strftime("%Y-%m-%d"),
     }
     write(row, args.no_write)
 
