@@ -329,7 +329,7 @@ EVIDENCE: dict[str, Evidence] = {
 # below its recorded value (2.4 SE) and stays open in issue 16. DINO's stronger setting is measured
 # (5,000 images x 12 epochs, 1 thread: 37.70, 33.50, 35.40, +4.67 points, spread 2.10; 3 SE as the
 # mean of those 3 seeds with a 3.8 margin) but costs about 420 s a seed on one worker, 21 minutes of
-# worker time for the test against 3.5 now, more than the 45-minute CI has left after BYOL's and
+# worker time for the test against 3.4 now, more than the 45-minute CI has left after BYOL's and
 # SimSiam's 3 seeds. BYOL (12 epochs) and SimSiam (3 seeds, 1 thread) left this list on 2026-11-30.
 BELOW_BAR: dict[str, str] = {
     "dino": "+3.70 points over 3 seeds (trained spread 1.69 on a 1,000-image bank); 5,000 x 12 epochs reaches 3 SE at 3 seeds, 21 min of CI worker time",
