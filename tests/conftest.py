@@ -54,8 +54,9 @@ def _offline_and_threads(monkeypatch: pytest.MonkeyPatch) -> None:
     # Never try to download in tests; keep the thread count fixed so timings and
     # floating-point reductions are the same on every run.
     monkeypatch.setenv("SELFSUP_OFFLINE", "1")
-    torch.set_num_threads(worker_threads())
+    threads = worker_threads()
+    torch.set_num_threads(threads)
     if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
         # Several workers share the cores (scripts/test --slow): the engine would otherwise take
         # every physical core in each of them (hardware.configure_cpu_threads honours this).
-        monkeypatch.setenv("OMP_NUM_THREADS", str(worker_threads()))
+        monkeypatch.setenv("OMP_NUM_THREADS", str(threads))
