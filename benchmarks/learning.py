@@ -31,6 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import torch  # noqa: E402
 from _common import hardware  # noqa: E402
 
+from selfsup.engine.hardware import choose_compute  # noqa: E402
 from selfsup.runs import read_metrics  # noqa: E402
 from tests.learning import learning_run, output_std  # noqa: E402
 
@@ -62,6 +63,7 @@ def main() -> None:
         start = time.time()
         row = {"method": "simsiam", "collapse_steps": args.collapse,
                **{f"std_sqrt_d_stop_gradient_{sg}": output_std_after_training(sg, args.collapse) for sg in (True, False)},
+               "precision": choose_compute("auto", True, torch.device("cpu")).precision, "threads": torch.get_num_threads(),
                "seconds": round(time.time() - start, 1), "hardware": hardware("cpu"), "date": time.strftime("%Y-%m-%d")}
         return write(row, args.no_write)
     if args.random_init:
