@@ -74,7 +74,7 @@ def main() -> None:
             with tempfile.TemporaryDirectory(prefix=f"random-{args.method}-") as tmp:
                 top1 = random_init_top1(args.method, Path(tmp), seed, **json.loads(args.overrides))
             row = {"method": args.method, "seed": seed, "setting": SETTINGS[args.method], "overrides": json.loads(args.overrides),
-                   "knn_random_top1": top1, "precision": json.loads(args.overrides).get("precision", "auto"), "commit": commit(), "seconds": round(time.time() - start, 1),
+                   "knn_random_top1": top1, "precision": choose_compute(json.loads(args.overrides).get("precision", "auto"), True, torch.device("cpu")).precision, "commit": commit(), "seconds": round(time.time() - start, 1),
                    "hardware": hardware("cpu"), "threads": torch.get_num_threads(), "date": time.strftime("%Y-%m-%d")}
             write(row, args.no_write, RANDOM_RESULTS)
         return

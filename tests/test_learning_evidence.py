@@ -19,7 +19,7 @@ import pytest
 
 from selfsup.methods import available
 
-from .learning import BELOW_BAR, BINOMIAL_SE, EVIDENCE, RANDOM_SEEDS, SETTINGS, Evidence
+from .learning import BINOMIAL_SE, EVIDENCE, RANDOM_SEEDS, SETTINGS, Evidence
 
 RESULTS = Path(__file__).resolve().parents[1] / "benchmarks" / "results"
 
@@ -28,16 +28,16 @@ def as_json(value: object) -> object:
     return json.loads(json.dumps(copy.deepcopy(value)))  # tuples as lists, as in the rows
 
 
-def recorded_trained(method: str, threads: int | None = None) -> dict[int, list[float]]:
-    """kNN top-1 (%) of the trained backbones of ``SETTINGS[method]`` (bf16 rows of learning.jsonl), by
-    seed; only rows recorded with ``threads`` intra-op threads when it is given."""
+def recorded_trained(method: str, threads: int | None = None, precision: str = "bf16") -> dict[int, list[float]]:
+    """kNN top-1 (%) of the trained backbones of ``SETTINGS[method]`` (rows of learning.jsonl at
+    ``precision``), by seed; only rows recorded with ``threads`` intra-op threads when it is given."""
     setting = as_json(SETTINGS[method])
     epochs, method_args = setting.pop("epochs", 6), setting.pop("method_args", {})
     by_seed: dict[int, list[float]] = {}
     for line in (RESULTS / "learning.jsonl").read_text().splitlines():
         row = json.loads(line)
         if (
-            row.get("method") == method and row.get("precision") == "bf16" and row.get("epochs") == epochs
+            row.get("method") == method and row.get("precision") == precision and row.get("epochs") == epochs
             and row.get("method_args") == method_args and row.get("overrides") == setting
             and (threads is None or row.get("threads") == threads)
         ):
@@ -67,33 +67,23 @@ def test_margin_is_three_standard_errors_and_the_measurements_clear_it(method: s
     assert len(evidence.trained) >= 3, "a spread needs at least 3 trained seeds"
     assert len(evidence.random_init) == len(RANDOM_SEEDS)
     assert 1 <= evidence.seeds <= len(evidence.trained)
-    # a method that learns nothing (trained accuracy like a random init's) fails: 3 standard errors,
-    # except the methods listed (with the reason) in BELOW_BAR, which must still reject it at 1.5
-    bar = 1.5 if method in BELOW_BAR else 3.0
-    assert evidence.margin >= bar * evidence.standard_error - 1e-9, (evidence.margin, bar * evidence.standard_error)
+    # a method that learns nothing (trained accuracy like a random init's) fails: 3 standard errors
+    assert evidence.margin >= 3 * evidence.standard_error - 1e-9, (evidence.margin, 3 * evidence.standard_error)
     # the recorded seeds the test runs clear it by more than same-seed drift (about 0.3 points)...
     measured = statistics.mean(evidence.trained[: evidence.seeds]) - statistics.mean(evidence.random_init)
     assert measured - evidence.margin >= 0.5 - 1e-9, (measured, evidence.margin)
-    # ...and so does the mean over every recorded seed (another set of seeds would pass too),
-    # except for the BELOW_BAR methods, whose margin comes from seed 0 alone
-    if method not in BELOW_BAR:
-        assert evidence.expected_gain > evidence.margin, (evidence.expected_gain, evidence.margin)
-
-
-def test_below_bar_is_short_and_explained() -> None:
-    """The exceptions are named with their reason, and no more than this one (issue 16 stays
-    open for it)."""
-    assert set(BELOW_BAR) <= set(EVIDENCE) and len(BELOW_BAR) <= 1
-    assert all(reason for reason in BELOW_BAR.values())
+    # ...and so does the mean over every recorded seed (another set of seeds would pass too)
+    assert evidence.expected_gain > evidence.margin, (evidence.expected_gain, evidence.margin)
 
 
 @pytest.mark.parametrize("method", sorted(EVIDENCE))
 def test_every_measured_value_is_a_recorded_row_of_the_test_setting(method: str) -> None:
-    trained, random_init = recorded_trained(method, EVIDENCE[method].threads), recorded_random_init(method)
-    for seed, value in enumerate(EVIDENCE[method].trained):
-        assert seed in trained, f"{method}: no bf16 row of its test setting at seed {seed} (threads {EVIDENCE[method].threads}) in learning.jsonl"
+    evidence = EVIDENCE[method]
+    trained, random_init = recorded_trained(method, evidence.threads, evidence.precision), recorded_random_init(method)
+    for seed, value in enumerate(evidence.trained):
+        assert seed in trained, f"{method}: no {evidence.precision} row of its test setting at seed {seed} (threads {evidence.threads}) in learning.jsonl"
         assert any(abs(value - v) < 0.051 for v in trained[seed]), (method, seed, value, trained[seed])
-    for seed, value in zip(RANDOM_SEEDS, EVIDENCE[method].random_init, strict=True):
+    for seed, value in zip(RANDOM_SEEDS, evidence.random_init, strict=True):
         assert seed in random_init, f"{method}: no random-init row of its test setting at seed {seed} in random_init.jsonl"
         assert any(abs(value - v) < 0.051 for v in random_init[seed]), (method, seed, value, random_init[seed])
 
@@ -105,3 +95,4 @@ def test_the_rule_can_fail() -> None:
     assert old_swav.margin < 3 * old_swav.standard_error
     flat = Evidence(trained=(35.0,) * 3, random_init=(30.0,) * 10, seeds=1, margin=4.0)
     assert flat.trained_spread == flat.random_spread == BINOMIAL_SE
+
