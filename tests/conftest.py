@@ -41,6 +41,29 @@ def cifar_small(data_dir: Path):
     return train, test
 
 
+# Worker-seconds of the slow tests in a clean clone's CI on a 2-core Intel Xeon without native bf16
+# (pytest --durations, 2026-12-01; DINO's three seeds from their benchmarks/learning.py rows). Only
+# their order matters: `scripts/test --slow` hands the tests to its two workers in collection order
+# (xdist's `load`), so starting the longest first lets both finish together (a replay of xdist's
+# rule with these durations: 4,507 s for the busier worker against 4,506.5 s, half the work; in
+# file order one worker would idle 28 minutes at the end). The previous run, work stealing in file
+# order, took 4,537 s for 4,055 s a worker of the durations above without DINO's two extra seeds.
+SLOW_SECONDS = {
+    "test_byol_learns_on_cifar10": 1714, "test_dino_learns_on_cifar10": 1320, "test_simsiam_learns_on_cifar10": 1306,
+    "test_swav_learns_on_cifar10": 859, "test_cpc_beats_random_init_on_cifar10": 798,
+    "test_moco_v3_beats_random_init_on_cifar10": 593, "test_instdisc_learns_on_cifar10": 545,
+    "test_without_stop_gradient_the_output_collapses": 321, "test_mae_learns_on_cifar10": 263,
+    "test_barlow_twins_learns_on_cifar10": 243, "test_vicreg_learns_on_cifar10": 237,
+    "test_simclr_beats_random_init_on_cifar10": 236, "test_moco_v1_beats_random_init_on_cifar10": 202,
+    "test_moco_v2_beats_random_init_on_cifar10": 199, "test_cmc_learns_on_cifar10": 177,
+}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Longest slow tests first; every other test keeps its place (a stable sort on cost 0)."""
+    items.sort(key=lambda item: -SLOW_SECONDS.get(getattr(item, "originalname", item.name), 0))
+
+
 def worker_threads() -> int:
     """Intra-op threads of one test process: two cores' worth, shared among pytest-xdist workers
     when the slow suite runs them side by side (on 2 cores, 2 workers of 1 thread trained 1.4x the

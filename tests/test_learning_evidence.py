@@ -96,3 +96,17 @@ def test_the_rule_can_fail() -> None:
     flat = Evidence(trained=(35.0,) * 3, random_init=(30.0,) * 10, seeds=1, margin=4.0)
     assert flat.trained_spread == flat.random_spread == BINOMIAL_SE
 
+
+def test_every_slow_test_has_its_cost_for_the_schedule() -> None:
+    """The slow suite starts its longest tests first (tests/conftest.py): a slow test missing from
+    SLOW_SECONDS would run last, a stale name would order nothing."""
+    import ast
+
+    from .conftest import SLOW_SECONDS
+
+    slow = set()
+    for path in Path(__file__).parent.rglob("test_*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.FunctionDef) and any(ast.unparse(d) == "pytest.mark.slow" for d in node.decorator_list):
+                slow.add(node.name)
+    assert slow and slow == set(SLOW_SECONDS), (slow ^ set(SLOW_SECONDS))
