@@ -193,10 +193,11 @@ class Evidence:
     backbones by more than ``margin`` points. ``trained`` (seeds 0, 1, ...) and ``random_init``
     (seeds 0-9) are the accuracies (%) ``benchmarks/learning.py METHOD --test-settings`` and
     ``--random-init`` recorded in ``benchmarks/results/`` at ``precision`` (bf16 autocast, the
-    engine's default on a CPU that computes bf16 natively, unless the entry says fp32). tests/test_learning_evidence.py checks each value against those rows and the margin
-    against the rule: at least 3 standard errors of the difference, each spread floored at
-    :data:`BINOMIAL_SE`; the recorded seeds pass it, and the mean over every recorded seed clears
-    it by a standard error of the test's mean."""
+    engine's default on a CPU that computes bf16 natively, unless the entry says fp32).
+    tests/test_learning_evidence.py checks each value against those rows and the margin against
+    the rule: at least 3 standard errors of the difference, each spread floored at
+    :data:`BINOMIAL_SE`; the recorded seeds the test runs clear it by 0.5 points, and the mean over
+    every recorded seed clears it too."""
 
     trained: tuple[float, ...]
     random_init: tuple[float, ...]
@@ -228,10 +229,10 @@ class Evidence:
         return statistics.mean(self.trained) - statistics.mean(self.random_init)
 
 
-# Each method's evidence, from benchmarks/results (bf16 rows of its SETTINGS entry, fp32 where it says so): the test runs
-# the fewest seeds (at most 3) whose margin is 3 standard errors while the recorded test seeds
-# clear it by 0.5 points (same-seed reruns drift by about 0.3) and the mean of every recorded
-# seed clears it too. The comment above each entry gives the means, spreads and the margin in SE.
+# Each method's evidence, from benchmarks/results (bf16 rows of its SETTINGS entry; fp32 where the
+# entry says so): the test runs the fewest seeds (at most 3) whose margin is 3 standard errors
+# while the recorded test seeds clear it by 0.5 points (same-seed reruns drift by about 0.3) and
+# the mean of every recorded seed clears it too. The comment above each entry gives the means, spreads and the margin in SE.
 # The random-init backbone is the same for every method on the same backbone and subset: the tiny
 # convnet's kNN at seeds 0-9 on 5,000 and on 1,000 training images (each method's rows in
 # random_init.jsonl repeat these; tests/test_learning_evidence.py checks them per method).
