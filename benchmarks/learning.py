@@ -69,12 +69,14 @@ def main() -> None:
     if args.random_init:
         from tests.learning import SETTINGS, random_init_top1
 
+        overrides = json.loads(args.overrides)
+        precision = choose_compute(overrides.get("precision", "auto"), True, torch.device("cpu")).precision
         for seed in args.random_init:
             start = time.time()
             with tempfile.TemporaryDirectory(prefix=f"random-{args.method}-") as tmp:
-                top1 = random_init_top1(args.method, Path(tmp), seed, **json.loads(args.overrides))
-            row = {"method": args.method, "seed": seed, "setting": SETTINGS[args.method], "overrides": json.loads(args.overrides),
-                   "knn_random_top1": top1, "precision": choose_compute(json.loads(args.overrides).get("precision", "auto"), True, torch.device("cpu")).precision, "commit": commit(), "seconds": round(time.time() - start, 1),
+                top1 = random_init_top1(args.method, Path(tmp), seed, **overrides)
+            row = {"method": args.method, "seed": seed, "setting": SETTINGS[args.method], "overrides": overrides,
+                   "knn_random_top1": top1, "precision": precision, "commit": commit(), "seconds": round(time.time() - start, 1),
                    "hardware": hardware("cpu"), "threads": torch.get_num_threads(), "date": time.strftime("%Y-%m-%d")}
             write(row, args.no_write, RANDOM_RESULTS)
         return

@@ -41,21 +41,19 @@ def cifar_small(data_dir: Path):
     return train, test
 
 
-# Worker-seconds of the slow tests in a clean clone's CI on a 2-core Intel Xeon without native bf16
-# (pytest --durations, 2026-12-01; DINO's three seeds from their benchmarks/learning.py rows). Only
-# their order matters: `scripts/test --slow` hands the tests to its two workers in collection order
-# (xdist's `load`), so starting the longest first lets both finish together (a replay of xdist's
-# rule with these durations: 4,507 s for the busier worker against 4,506.5 s, half the work; in
-# file order one worker would idle 28 minutes at the end). The previous run, work stealing in file
-# order, took 4,537 s for 4,055 s a worker of the durations above without DINO's two extra seeds.
+# Worker-seconds of the slow tests in a clean clone's `.ci/run` on a 2-core Intel Xeon without
+# native bf16 (pytest --durations, 2026-12-01). Only their order matters: `scripts/test --slow`
+# hands the tests to its two workers in collection order (xdist's `load`), so starting the longest
+# first lets both finish together. In that run the slow suite's wall time was 30 s above half its
+# 8,900 worker-seconds; the run before, work stealing in file order, was 482 s above half of 8,110.
 SLOW_SECONDS = {
-    "test_byol_learns_on_cifar10": 1714, "test_dino_learns_on_cifar10": 1320, "test_simsiam_learns_on_cifar10": 1306,
-    "test_swav_learns_on_cifar10": 859, "test_cpc_beats_random_init_on_cifar10": 798,
-    "test_moco_v3_beats_random_init_on_cifar10": 593, "test_instdisc_learns_on_cifar10": 545,
-    "test_without_stop_gradient_the_output_collapses": 321, "test_mae_learns_on_cifar10": 263,
-    "test_barlow_twins_learns_on_cifar10": 243, "test_vicreg_learns_on_cifar10": 237,
-    "test_simclr_beats_random_init_on_cifar10": 236, "test_moco_v1_beats_random_init_on_cifar10": 202,
-    "test_moco_v2_beats_random_init_on_cifar10": 199, "test_cmc_learns_on_cifar10": 177,
+    "test_byol_learns_on_cifar10": 1723, "test_simsiam_learns_on_cifar10": 1264, "test_dino_learns_on_cifar10": 1242,
+    "test_swav_learns_on_cifar10": 868, "test_cpc_beats_random_init_on_cifar10": 743,
+    "test_moco_v3_beats_random_init_on_cifar10": 594, "test_instdisc_learns_on_cifar10": 549,
+    "test_without_stop_gradient_the_output_collapses": 320, "test_barlow_twins_learns_on_cifar10": 262,
+    "test_mae_learns_on_cifar10": 257, "test_simclr_beats_random_init_on_cifar10": 253,
+    "test_vicreg_learns_on_cifar10": 233, "test_moco_v2_beats_random_init_on_cifar10": 206,
+    "test_moco_v1_beats_random_init_on_cifar10": 205, "test_cmc_learns_on_cifar10": 182,
 }
 
 

@@ -10,6 +10,7 @@ drift from the data it claims.
 
 from __future__ import annotations
 
+import ast
 import copy
 import json
 import statistics
@@ -100,8 +101,6 @@ def test_the_rule_can_fail() -> None:
 def test_every_slow_test_has_its_cost_for_the_schedule() -> None:
     """The slow suite starts its longest tests first (tests/conftest.py): a slow test missing from
     SLOW_SECONDS would run last, a stale name would order nothing."""
-    import ast
-
     from .conftest import SLOW_SECONDS
 
     slow = set()
