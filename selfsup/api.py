@@ -52,21 +52,16 @@ def load_backbone(source: str | Path, device: str | torch.device = "auto", encod
     :class:`Representation` of the whole method; ``encoder`` picks another backbone of the method
     by attribute name instead.
     """
+    from .engine import build_recipe, load_method
     from .engine.hardware import pick_device
-    from .engine.build import build_recipe
     from .eval.export import Preprocess, attach_preprocess, load_export
 
     torch_device = pick_device(str(device))
     path = Path(source).expanduser()
     if path.suffix == ".safetensors":
         return load_export(path, torch_device)
-    from .engine.init import load_method
-
     method, config, image_size = load_method(path, torch_device)
     crop = build_recipe(config, method, image_size).views[0].size
-    if encoder is None and uses_own_representation(method):
-        module: nn.Module = Representation(method)
-    else:
-        module = find_encoder(method, encoder)
-    preprocess = Preprocess(method.eval_transform, image_size, crop, torch_device)
-    return attach_preprocess(module.eval(), preprocess)
+    own = encoder is None and uses_own_representation(method)
+    module = Representation(method) if own else find_encoder(method, encoder)
+    return attach_preprocess(module.eval(), Preprocess(method.eval_transform, image_size, crop, torch_device))

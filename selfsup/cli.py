@@ -11,10 +11,10 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
-from .commands import COMMANDS, add_eval, pct
-from .errors import SelfsupError
+from .commands import COMMANDS, add_command, add_eval, pct
+from .errors import DataError, SelfsupError
 
 EPILOG_TRAIN = """\
 examples:
@@ -39,8 +39,8 @@ cifar100 or digits starts from the method's bundled recipe for it when there is 
 
 
 def _add_train(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "train", help="pretrain a backbone with a self-supervised method",
+    p = add_command(
+        sub, "train", cmd_train, help="pretrain a backbone with a self-supervised method",
         description="Pretrain a backbone without labels; prints kNN accuracy against the random-init backbone.",
         epilog=EPILOG_TRAIN, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -52,35 +52,32 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--val-fraction", type=float,
                    help="share of each class of a labelled folder held out for monitoring and probes (default 0.1)")
     p.add_argument("--backbone", help="backbone name (resnet18, resnet50, tiny, vit_small, ...; default: fits the machine)")
-    p.add_argument(
-        "--init", help="continue from pretrained backbone weights: a torchvision/timm state dict (.pth, .safetensors), "
-        "a `selfsup export`, a run, or torchvision:resnet50.IMAGENET1K_V2 / timm:<model>",
-    )
+    p.add_argument("--init", help="continue from pretrained backbone weights: a torchvision/timm state dict (.pth, "
+                   ".safetensors), a `selfsup export`, a run, or torchvision:resnet50.IMAGENET1K_V2 / timm:<model>")
     p.add_argument("--epochs", type=int)
     p.add_argument("--batch-size", type=int, help="global batch size (default: fits the machine and the data)")
     p.add_argument("--lr", type=float, help="base learning rate per 256 images")
     p.add_argument("--image-size", type=int, help="stored side of folder images (default 64)")
     p.add_argument("--device", help="auto | cpu | cuda | cuda:N")
-    p.add_argument(
-        "--devices", type=int, metavar="N",
-        help="train on N processes of this machine (one per GPU, or N CPU processes with --device cpu), "
-        "started with torchrun; --batch-size stays the global batch",
-    )
+    p.add_argument("--devices", type=int, metavar="N", help="train on N processes of this machine (one per GPU, or N "
+                   "CPU processes with --device cpu), started with torchrun; --batch-size stays the global batch")
     p.add_argument("--name", help="run name (folder under --run-dir)")
     p.add_argument("--run-dir", help="parent folder of runs (default runs)")
     p.add_argument("--seed", type=int)
     p.add_argument("--resume", action="store_true", help="continue the run --name from its newest good checkpoint")
-    p.add_argument(
-        "--dry-run", action="store_true",
-        help="build the method, optimizer, schedules and views, print what the run would use and exit (nothing is trained or written)",
-    )
+    p.add_argument("--dry-run", action="store_true", help="build the method, optimizer, schedules and views, print "
+                   "what the run would use and exit (nothing is trained or written)")
     p.add_argument("--json", action="store_true", help="with --dry-run: print it as one JSON object")
-    p.add_argument(
-        "--assume-samples", type=int, metavar="N",
-        help="with --dry-run: the training-set size, for data that is not on this machine (ImageNet-1k: 1281167)",
-    )
+    p.add_argument("--assume-samples", type=int, metavar="N", help="with --dry-run: the training-set size, for data "
+                   "that is not on this machine (ImageNet-1k: 1281167)")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="any config field, e.g. lr=0.3 method.temperature=0.2")
-    p.set_defaults(func=cmd_train)
+
+
+# The flags of `train` that set the config field of the same name.
+RUN_FIELDS = (
+    "method", "data", "data_dir", "val_data", "val_fraction", "init", "backbone", "epochs", "batch_size", "lr",
+    "image_size", "device", "name", "run_dir", "seed",
+)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -94,13 +91,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             raise SelfsupError(f"--devices must be >= 1, got {args.devices}.")
         if args.devices > 1 and distributed.requested_world_size() == 1:
             return distributed.launch(args.devices, without_option(args.argv, "--devices"))
-    values = {
-        "method": args.method, "data": args.data, "data_dir": args.data_dir, "val_data": args.val_data,
-        "val_fraction": args.val_fraction, "init": args.init,
-        "backbone": args.backbone, "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr,
-        "image_size": args.image_size, "device": args.device, "name": args.name, "run_dir": args.run_dir,
-        "seed": args.seed,
-    }
+    values = {field: getattr(args, field) for field in RUN_FIELDS}
     config, recipe = build_run_config(args.config, values, args.overrides)
     if args.resume and not config.name:
         raise SelfsupError("--resume needs --name: the run to continue.")
@@ -134,11 +125,7 @@ def _dry_run(config: Any, recipe: str, args: argparse.Namespace) -> int:
     resolved = config.resolve()
     samples, image_size, assumed = training_set_shape(resolved, args.assume_samples)
     description = {"recipe": recipe, **build(resolved, samples, image_size, samples_assumed=assumed).describe()}
-    if args.json:
-        print(json.dumps(description))
-    else:
-        print(f"selfsup: {recipe}")
-        print(format_description(description))
+    print(json.dumps(description) if args.json else f"selfsup: {recipe}\n{format_description(description)}")
     return 0
 
 
@@ -147,27 +134,19 @@ def without_option(argv: list[str], flag: str) -> list[str]:
     command line each torchrun worker runs, without ``--devices N``."""
     out, skip = [], False
     for item in argv:
-        if skip:
-            skip = False
-        elif item == flag:
-            skip = True
-        elif not item.startswith(flag + "="):
+        if not skip and item != flag and not item.startswith(flag + "="):
             out.append(item)
+        skip = not skip and item == flag  # the next item is the flag's value
     return out
 
 
 def _print_summary(summary: dict[str, Any]) -> None:
-    print(f"run: {summary['run_dir']}")
-    print(
-        f"{summary['method']} / {summary['backbone']} on {summary['data']}: {summary['epochs']} epochs, "
-        f"{summary['steps']} steps, {summary['wall_time_s']:.0f} s, {summary['images_per_s']:.0f} images/s ({summary['device']})"
-    )
+    print("run: {run_dir}\n{method} / {backbone} on {data}: {epochs} epochs, {steps} steps, {wall_time_s:.0f} s, "
+          "{images_per_s:.0f} images/s ({device})".format_map(summary))
     if summary.get("knn_top1") is not None:
         baseline = "the initial backbone" if summary.get("init") else "random-init"
-        print(
-            f"kNN top-1 (k={summary.get('knn_k')}): learned {pct(summary['knn_top1'])} vs {baseline} "
-            f"{pct(summary['knn_random_top1'])} (best during training {pct(summary['best_knn_top1'])})"
-        )
+        print(f"kNN top-1 (k={summary.get('knn_k')}): learned {pct(summary['knn_top1'])} vs {baseline} "
+              f"{pct(summary['knn_random_top1'])} (best during training {pct(summary['best_knn_top1'])})")
         if summary.get("knn_bank"):
             print(f"  bank {summary['knn_bank']}; queries {summary['knn_queries']}")
     else:
@@ -175,10 +154,8 @@ def _print_summary(summary: dict[str, Any]) -> None:
 
 
 def _add_methods(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("methods", help="list the methods, with one line each")
-    p.set_defaults(func=cmd_methods)
-    p = sub.add_parser("backbones", help="list the backbones")
-    p.set_defaults(func=cmd_backbones)
+    add_command(sub, "methods", cmd_methods, help="list the methods, with one line each")
+    add_command(sub, "backbones", cmd_backbones, help="list the backbones")
 
 
 def cmd_methods(args: argparse.Namespace) -> int:
@@ -201,7 +178,7 @@ def cmd_backbones(args: argparse.Namespace) -> int:
 def _add_data(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("data", help="look at data and augmentations; pack datasets")
     dsub = p.add_subparsers(dest="data_command", required=True, metavar="{preview,pack,info}")
-    q = dsub.add_parser("preview", help="write a picture of images and their augmented views")
+    q = add_command(dsub, "preview", cmd_preview, help="write a picture of images and their augmented views")
     q.add_argument("--data", default="digits")
     q.add_argument("--data-dir")
     q.add_argument("--recipe", default="simclr", help="simclr | byol | multicrop | cmc_lab | cpc_patches")
@@ -210,24 +187,20 @@ def _add_data(sub: argparse._SubParsersAction) -> None:
     q.add_argument("--seed", type=int, default=0)
     q.add_argument("--out", default="views.png")
     q.add_argument("overrides", nargs="*", metavar="key=value", help="recipe fields, e.g. crop_scale=[0.2,1]")
-    q.set_defaults(func=cmd_preview)
-    q = dsub.add_parser("pack", help="write any source into one packed .npz (encoded images + offsets + labels)")
+    q = add_command(dsub, "pack", cmd_pack,
+                    help="write any source into one packed .npz (encoded images + offsets + labels)")
     q.add_argument("source", help="digits | cifar10 | cifar100 | a folder | a packed .npz")
     q.add_argument("out", help="output .npz file")
     q.add_argument("--data-dir")
     q.add_argument("--image-size", type=int, help="resize (shorter side) and centre-crop folder images to this")
     q.add_argument("--format", choices=("jpeg", "png"), default="jpeg")
     q.add_argument("--quality", type=int, default=95)
-    q.set_defaults(func=cmd_pack)
-    q = dsub.add_parser("info", help="describe a data source")
+    q = add_command(dsub, "info", cmd_info, help="describe a data source")
     q.add_argument("source")
     q.add_argument("--data-dir")
-    q.set_defaults(func=cmd_info)
 
 
 def cmd_preview(args: argparse.Namespace) -> int:
-    import torch
-
     from .augment import create_recipe
     from .augment.preview import preview_grid
     from .config import parse_overrides
@@ -240,47 +213,41 @@ def cmd_preview(args: argparse.Namespace) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     picture.save(out)
     print(f"wrote {out} ({args.count} images from {args.data}, recipe {args.recipe}: {recipe.num_views} views each)")
-    del torch
     return 0
 
 
 def cmd_pack(args: argparse.Namespace) -> int:
+    from contextlib import suppress
+
     from tqdm import tqdm
 
     from .data import load_dataset, write_packed
     from .data.splits import split_layout
-    from .errors import DataError
 
     if Path(args.out).suffix != ".npz":  # before decoding anything
         raise DataError(f"the packed output must end in .npz, got '{args.out}'.")
-    splits = {}
-    classes: list[str] = []
-    for split in ("train", "test"):
-        try:
-            dataset = load_dataset(args.source, split, data_dir=args.data_dir, image_size=args.image_size)
-        except DataError:
-            if split == "train":
-                raise
-            continue
-        if dataset.streamed:
-            from .data.imageset import decode_to_array
-
-            images = (decode_to_array(p, dataset.image_size) for p in dataset.paths or [])
-        else:
-            images = (img.numpy() for img in dataset.images)
-        splits[split] = (images, dataset.labels.numpy(), len(dataset))
-        classes = classes or dataset.classes
-        if Path(args.source).is_dir() and split_layout(args.source) is None:
-            break  # a folder has one split (unless it has train/ and val/ or test/)
-    total = sum(n for _, _, n in splits.values())
+    datasets = {"train": load_dataset(args.source, "train", data_dir=args.data_dir, image_size=args.image_size)}
+    # a folder has one split (unless it has train/ and val/ or test/); another source may have no test split
+    if not Path(args.source).is_dir() or split_layout(args.source) is not None:
+        with suppress(DataError):
+            datasets["test"] = load_dataset(args.source, "test", data_dir=args.data_dir, image_size=args.image_size)
+    splits = {split: (_arrays(dataset), dataset.labels.numpy()) for split, dataset in datasets.items()}
+    classes = next((dataset.classes for dataset in datasets.values() if dataset.classes), [])
+    total = sum(map(len, datasets.values()))
     with tqdm(total=total, unit="img", desc=f"packing {args.source}", file=sys.stderr) as bar:
-        out = write_packed(
-            args.out, {s: (imgs, labels) for s, (imgs, labels, _) in splits.items()}, classes,
-            fmt=args.format, quality=args.quality, progress=bar.update,
-        )
+        out = write_packed(args.out, splits, classes, fmt=args.format, quality=args.quality, progress=bar.update)
     size = out.stat().st_size / 2**20
-    print(f"wrote {out}: {', '.join(f'{s} {n}' for s, (_, _, n) in splits.items())} images, {size:.1f} MiB")
+    print(f"wrote {out}: {', '.join(f'{s} {len(d)}' for s, d in datasets.items())} images, {size:.1f} MiB")
     return 0
+
+
+def _arrays(dataset: Any) -> Iterable[Any]:
+    """``dataset``'s images as uint8 arrays; a streamed folder's are decoded one at a time, as they are packed."""
+    from .data.imageset import decode_to_array
+
+    if dataset.streamed:
+        return (decode_to_array(path, dataset.image_size) for path in dataset.paths or [])
+    return dataset.images.numpy()
 
 
 def cmd_info(args: argparse.Namespace) -> int:
@@ -335,7 +302,3 @@ def _rank() -> int:
         return int(os.environ.get("RANK", "0"))
     except ValueError:
         return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

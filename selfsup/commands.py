@@ -13,7 +13,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from .errors import ConfigError, DataError, SelfsupError
 
@@ -22,12 +22,28 @@ def pct(value: float | None) -> str:
     return "n/a" if value is None else f"{100 * value:.2f}%"
 
 
+def _accuracies(scores: dict[str, float]) -> str:
+    """A probe's accuracies as printed: ``top-1 X%, top-5 Y%``."""
+    return f"top-1 {pct(scores['top1'])}, top-5 {pct(scores['top5'])}"
+
+
+def add_command(
+    sub: argparse._SubParsersAction, name: str, func: Callable[[argparse.Namespace], int], **kwargs: Any
+) -> argparse.ArgumentParser:
+    """``sub.add_parser(name, **kwargs)``, set to run ``func`` with the parsed arguments."""
+    p = sub.add_parser(name, **kwargs)
+    p.set_defaults(func=func)
+    return p
+
+
 # -- eval knn | linear | finetune -----------------------------------------------------------------
 PROBES = {
     "knn": "weighted kNN on frozen features (T=0.1)",
     "linear": "linear probe on frozen features",
     "finetune": "fine-tune the whole backbone with a linear classifier",
 }
+# The options of `eval finetune` passed on as evaluate(finetune_args=...), by their dest.
+FINETUNE_OPTIONS = ("epochs", "batch_size", "lr", "backbone_lr_ratio", "weight_decay", "max_steps")
 
 
 def add_eval(sub: argparse._SubParsersAction) -> None:
@@ -41,14 +57,12 @@ def add_eval(sub: argparse._SubParsersAction) -> None:
                 "with Nesterov momentum, cosine schedule, a lower learning rate for the backbone), beside the "
                 "random-init backbone trained the same way ('pretrained X%% vs from scratch Y%%')."
             )
-        q = esub.add_parser(probe, help=text, description=description)
+        q = add_command(esub, probe, cmd_eval, help=text, description=description)
         q.add_argument("run", help="a run directory or a checkpoint file")
         q.add_argument("--data", help="labelled source the probe learns from or searches (default: the run's data)")
-        q.add_argument(
-            "--test-data", help="labelled source the probe is scored on (default: the images --data holds out: its "
-            "test split, val/ or test/ folder, or the held-out fraction; naming the same source as --data scores "
-            "its own images, with a warning)",
-        )
+        q.add_argument("--test-data", help="labelled source the probe is scored on (default: the images --data holds "
+                       "out: its test split, val/ or test/ folder, or the held-out fraction; naming the same source "
+                       "as --data scores its own images, with a warning)")
         q.add_argument("--val-fraction", type=float, help="held-out share of each class of a folder (default: the run's)")
         q.add_argument("--data-dir")
         q.add_argument("--device", default="auto")
@@ -76,7 +90,6 @@ def add_eval(sub: argparse._SubParsersAction) -> None:
                                help="train on a fixed class-balanced subset of N labelled images per class")
             group.add_argument("--label-fraction", type=float, metavar="F",
                                help="train on a fixed class-balanced fraction of the labels, e.g. 0.01 or 0.1 (SimCLR/BYOL)")
-        q.set_defaults(func=cmd_eval)
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
@@ -87,10 +100,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     elif args.probe == "linear":
         options = dict(linear_epochs=args.epochs)
     else:
-        options = dict(finetune_args=dict(
-            epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, backbone_lr_ratio=args.backbone_lr_ratio,
-            weight_decay=args.weight_decay, max_steps=args.max_steps, progress=not args.json,
-        ))
+        finetune_args = {key: getattr(args, key) for key in FINETUNE_OPTIONS}
+        options = dict(finetune_args={**finetune_args, "progress": not args.json})
     result = evaluate(
         args.run, probe=args.probe, data=args.data, test_data=args.test_data, val_fraction=args.val_fraction,
         data_dir=args.data_dir, device=args.device, train_subset=args.train_subset, test_subset=args.test_subset,
@@ -101,27 +112,22 @@ def cmd_eval(args: argparse.Namespace) -> int:
         print(json.dumps(result, indent=2))
         return 0
     learned, random = result["learned"], result.get("random")
+    name = {"knn": f"knn (k={result.get('k')})", "finetune": "fine-tune"}.get(args.probe, args.probe)
+    print(f"{name}: {'bank' if args.probe == 'knn' else 'trained on'} {result['bank']}; scored on {result['queries']}")
     if args.probe == "finetune":
-        print(f"fine-tune: trained on {result['bank']}; scored on {result['queries']}")
-        line = (f"fine-tune ({result['train_images']} labelled images): pretrained top-1 "
-                f"{pct(learned['top1'])}, top-5 {pct(learned['top5'])}")
-        if random:
-            scratch = "from the initial backbone" if result["baseline"] != "random-init" else "from scratch"
-            line += f"  vs {scratch} top-1 {pct(random['top1'])}, top-5 {pct(random['top5'])}"
+        scratch = "from the initial backbone" if result.get("baseline") != "random-init" else "from scratch"
+        versus = f"  vs {scratch} {_accuracies(random)}" if random else ""
+        print(f"fine-tune ({result['train_images']} labelled images): pretrained {_accuracies(learned)}{versus}")
     else:
-        probe = f"knn (k={result['k']})" if args.probe == "knn" else args.probe
-        print(f"{probe}: {'bank' if args.probe == 'knn' else 'trained on'} {result['bank']}; scored on {result['queries']}")
-        line = f"{probe}: top-1 {pct(learned['top1'])}, top-5 {pct(learned['top5'])}"
-        if random:
-            line += f"  ({result['baseline']}: top-1 {pct(random['top1'])}, top-5 {pct(random['top5'])})"
-    print(line)
+        versus = f"  ({result['baseline']}: {_accuracies(random)})" if random else ""
+        print(f"{name}: {_accuracies(learned)}{versus}")
     return 0
 
 
 # -- attention ------------------------------------------------------------------------------------
 def add_attention(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "attention", help="picture of a ViT run's last-layer [CLS] attention heads over an image",
+    p = add_command(
+        sub, "attention", cmd_attention, help="picture of a ViT run's last-layer [CLS] attention heads over an image",
         description="Render the last block's [CLS] self-attention, per head, over an image (the DINO paper's figures).",
     )
     p.add_argument("run", help="a run directory or a checkpoint file (ViT backbone)")
@@ -129,7 +135,6 @@ def add_attention(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", default="attn.png", help="output PNG")
     p.add_argument("--size", type=int, help="side the image is resized to (default: the run's image size)")
     p.add_argument("--device", default="auto")
-    p.set_defaults(func=cmd_attention)
 
 
 def cmd_attention(args: argparse.Namespace) -> int:
@@ -156,8 +161,8 @@ def cmd_attention(args: argparse.Namespace) -> int:
 
 # -- compare --------------------------------------------------------------------------------------
 def add_compare(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "compare", help="one table of the probes of several runs (Markdown, CSV)",
+    p = add_command(
+        sub, "compare", cmd_compare, help="one table of the probes of several runs (Markdown, CSV)",
         description="Compare runs: method, backbone, epochs, kNN (last and best during training, random-init), "
         "linear probe and wall time, from each run's summary.json, metrics.jsonl and evals.jsonl. Probes "
         "missing there can be computed with --probe.",
@@ -171,7 +176,6 @@ def add_compare(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="auto")
     p.add_argument("--train-subset", type=int)
     p.add_argument("--test-subset", type=int)
-    p.set_defaults(func=cmd_compare)
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
@@ -179,8 +183,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
     rows = []
     for run_dir in args.runs:
-        run = read_run(run_dir)
-        row = run_row(run)
+        row = run_row(read_run(run_dir))
         for probe in args.probe:
             from .engine import evaluate
 
@@ -200,8 +203,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 # -- report ---------------------------------------------------------------------------------------
 def add_report(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "report", help="write RUN/report/index.html: curves, embedding map, neighbours, augmentations",
+    p = add_command(
+        sub, "report", cmd_report, help="write RUN/report/index.html: curves, embedding map, neighbours, augmentations",
         description="Write an offline HTML report of a run with PNG figures: loss / learning-rate / kNN curves, a "
         "2-D map of test embeddings by class, a nearest-neighbour retrieval grid, the augmentation preview, "
         "attention maps for ViTs, the probe results and the config.",
@@ -215,13 +218,6 @@ def add_report(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--map", choices=("auto", "umap", "tsne", "pca"), default="auto", dest="map_algorithm")
     p.add_argument("--queries", type=int, default=8, help="rows of the retrieval grid")
     p.add_argument("--k", type=int, default=8, help="neighbours per query")
-    p.set_defaults(func=cmd_report)
-
-
-def _run_dir_of(path: Path) -> Path:
-    if path.is_file() and (path.parent.parent / "config.yaml").is_file():
-        return path.parent.parent
-    return path
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -233,15 +229,13 @@ def cmd_report(args: argparse.Namespace) -> int:
     from .eval.report import write_report
 
     path = Path(args.run)
-    run_dir = _run_dir_of(path)
     device = pick_device(args.device)
     notes: list[str] = []
-    method = recipe = train = test = config = method_images = None
+    method = recipe = train = test = config = method_images = attention = None
     try:
         method, config, image_size = load_method(path, device)
     except CheckpointError as exc:
         notes.append(f"No pictures of the representation: {exc}")
-    attention = None
     if method is not None:
         recipe = build_recipe(config, method, image_size)
         try:
@@ -252,6 +246,8 @@ def cmd_report(args: argparse.Namespace) -> int:
                                  image_size=image_size, limit=8, seed=config.seed)
         attention = _attention_hook(method, test if test is not None else train, device, notes)
         method_images = _method_images(method, test if test is not None else train)
+    # a checkpoint file inside a run folder: the report goes to the run
+    run_dir = path.parent.parent if path.is_file() and (path.parent.parent / "config.yaml").is_file() else path
     page = write_report(
         run_dir, method=method, recipe=recipe, train=train, test=test, device=device,
         crop_size=recipe.views[0].size if recipe is not None else None,
@@ -299,21 +295,18 @@ def _attention_hook(method: Any, dataset: Any, device: Any, notes: list[str], co
         images = center_crop(dataset.images[:count], side)
         with torch.no_grad():
             maps = cls_attention(backbone, method.eval_transform(images.to(device)))
-        figures = []
         for i in range(len(images)):
-            name = f"attention_{i}.png"
-            render_attention(images[i].cpu().numpy(), maps[i], out_dir / name)
-            figures.append((name, f"where the [CLS] token of the last block attends, per head and averaged "
-                            f"(image {i}, {patch} px patches)"))
-        return figures
+            render_attention(images[i].cpu().numpy(), maps[i], out_dir / f"attention_{i}.png")
+        return [(f"attention_{i}.png", f"where the [CLS] token of the last block attends, per head and averaged "
+                 f"(image {i}, {patch} px patches)") for i in range(len(images))]
 
     return draw
 
 
 # -- export ---------------------------------------------------------------------------------------
 def add_export(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "export", help="write the backbone as .safetensors with torchvision or timm key names",
+    p = add_command(
+        sub, "export", cmd_export, help="write the backbone as .safetensors with torchvision or timm key names",
         description="Export a run's backbone so that a plain torchvision/timm model loads it with "
         "load_state_dict(strict=True), without selfsup. The file's metadata holds the lines that build the plain "
         "model (and patch the CIFAR stem when the backbone has one) and the preprocessing.",
@@ -324,7 +317,6 @@ def add_export(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", default="backbone.safetensors", help="output .safetensors file")
     p.add_argument("--encoder", help="which backbone of the method to export, as an attribute path (e.g. "
                    "backbone.body.encoders.0 for CMC's L encoder); default: the one its probes use")
-    p.set_defaults(func=cmd_export)
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -342,10 +334,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     if args.encoder is None and uses_own_representation(method):
         print(f"selfsup: note: {method.name}'s probes use more than its backbone (its own representation, e.g. a "
               "pooled patch grid); this file holds the backbone only. Pick another with --encoder.", file=sys.stderr)
-    preprocess: dict[str, Any] = {
-        "image_size": image_size, "crop_size": build_recipe(config, method, image_size).views[0].size,
-        "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD),
-    }
+    crop = build_recipe(config, method, image_size).views[0].size
+    preprocess = {"image_size": image_size, "crop_size": crop, "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)}
     if type(method).eval_transform is not Method.eval_transform:
         preprocess["custom"] = f"{method.name} turns images into its input with its own eval_transform, not mean/std alone"
     extra = {"method": method.name, "encoder": args.encoder or "eval_backbone", "source": str(checkpoint),
@@ -364,8 +354,8 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 # -- embed / neighbors ----------------------------------------------------------------------------
 def add_embed(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "embed", help="embed a folder of images with a trained backbone (.npy + .csv of file names)",
+    p = add_command(
+        sub, "embed", cmd_embed, help="embed a folder of images with a trained backbone (.npy + .csv of file names)",
         description="Compute the backbone's features of every image of a folder (or another source), batched on "
         "the device; writes OUT (.npy, float32 N x D), OUT.csv (row, path, class) and OUT.json (provenance).",
     )
@@ -377,10 +367,11 @@ def add_embed(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--device", default="auto")
     p.add_argument("--encoder", help="which backbone of the method (default: what its probes use)")
-    p.set_defaults(func=cmd_embed)
 
 
 def cmd_embed(args: argparse.Namespace) -> int:
+    import torch
+
     from .api import load_backbone
     from .data import load_dataset
     from .eval.embed import embed_dataset, write_embeddings
@@ -390,11 +381,7 @@ def cmd_embed(args: argparse.Namespace) -> int:
     model = load_backbone(args.checkpoint, args.device, args.encoder)
     preprocess = model.preprocess
     dataset = load_dataset(args.data, args.split, data_dir=args.data_dir, image_size=preprocess.image_size)
-    amp = None
-    if preprocess.device.type == "cuda":
-        import torch
-
-        amp = torch.bfloat16
+    amp = torch.bfloat16 if preprocess.device.type == "cuda" else None
     features = embed_dataset(model, dataset, args.batch_size, progress=True, autocast_dtype=amp)
     info = {"checkpoint": str(Path(args.checkpoint).resolve()), "encoder": args.encoder,
             "data": str(Path(args.data).resolve()) if Path(args.data).exists() else args.data, "split": args.split,
@@ -405,8 +392,9 @@ def cmd_embed(args: argparse.Namespace) -> int:
 
 
 def add_neighbors(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "neighbors", help="nearest images to a query, or near-duplicate pairs, from `selfsup embed`'s output",
+    p = add_command(
+        sub, "neighbors", cmd_neighbors,
+        help="nearest images to a query, or near-duplicate pairs, from `selfsup embed`'s output",
         description="Find the images most similar to a query image or row, or list near-duplicate pairs. Similarity "
         "is the cosine of the embeddings centred on the folder's mean (backbone features are all positive, so raw "
         "cosines crowd near 1); --no-center gives the raw cosine.",
@@ -421,7 +409,6 @@ def add_neighbors(sub: argparse._SubParsersAction) -> None:
                    help="raw cosine similarity (default: cosine of embeddings centred on the folder's mean)")
     p.add_argument("--device", default="auto")
     p.add_argument("--json", action="store_true")
-    p.set_defaults(func=cmd_neighbors)
 
 
 def query_vector(query: str, info: dict[str, Any], checkpoint: str | None, device: str, count: int) -> tuple[Any, int | None]:
@@ -468,17 +455,15 @@ def cmd_neighbors(args: argparse.Namespace) -> int:
     if args.k <= 0:
         raise ConfigError(f"--k must be > 0, got {args.k}.")
     vector, row = query_vector(args.query, info, args.checkpoint, args.device, len(features))
-    if row is not None:
-        found = [(i, s) for i, s in nearest(features, features[row], args.k + 1, not args.no_center) if i != row][: args.k]
-    else:
-        found = nearest(features, vector, args.k, not args.no_center)
+    # a row query: its own row (the nearest) is left out of one more neighbour
+    query, extra = (vector, 0) if row is None else (features[row], 1)
+    found = [(i, s) for i, s in nearest(features, query, args.k + extra, not args.no_center) if i != row][: args.k]
     if args.json:
         print(json.dumps([{"row": i, "path": names[i], "similarity": s} for i, s in found], indent=2))
         return 0
     for rank, (i, s) in enumerate(found, 1):
         print(f"{rank}\t{s:.4f}\t{names[i]}")
     return 0
-
 
 # The subcommands `selfsup --help` lists after train, eval, methods and data, in this order.
 COMMANDS = (add_attention, add_compare, add_report, add_export, add_embed, add_neighbors)
