@@ -76,25 +76,21 @@ def evaluate(
         if probe == "finetune":
             crop = build_recipe(config, method, image_size).views[0].size
             amp = autocast_dtype(config.precision, torch_device)
-            results[label] = finetune(
-                method, train, test, torch_device, crop_size=crop, autocast_dtype=amp, seed=config.seed,
-                **(finetune_args or {}),
-            )
+            results[label] = finetune(method, train, test, torch_device, crop_size=crop, autocast_dtype=amp,
+                                      seed=config.seed, **(finetune_args or {}))
             continue
-        with torch.no_grad():
-            train_features = probe_features(method, config, image_size, train, torch_device)
-            test_features = probe_features(method, config, image_size, test, torch_device)
+        # no torch.no_grad() needed: extract_features runs without autograd
+        train_features, test_features = (probe_features(method, config, image_size, s, torch_device) for s in sets)
         if probe == "knn":
             acc = knn_accuracy(train_features, train.labels, test_features, test.labels, train.num_classes, k, temperature)
         else:
             acc = linear_probe(train_features, train.labels, test_features, test.labels, train.num_classes, epochs=linear_epochs)
         results[label] = acc
     if record:
-        settings = dict(k=k, temperature=temperature) if probe == "knn" else {}
-        if probe == "linear":
-            settings["epochs"] = linear_epochs
-        if probe == "finetune":
-            settings.update({k: v for k, v in (finetune_args or {}).items() if k != "progress"})
+        settings = {
+            "knn": dict(k=k, temperature=temperature), "linear": dict(epochs=linear_epochs),
+            "finetune": {name: v for name, v in (finetune_args or {}).items() if name != "progress"},
+        }.get(probe, {})
         settings.update(labels_per_class=labels_per_class, label_fraction=label_fraction,
                         train_subset=train_subset, test_subset=test_subset, val_fraction=val_fraction)
         _record(results, settings)

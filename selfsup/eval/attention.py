@@ -19,9 +19,7 @@ def _vision_transformer(model: nn.Module) -> nn.Module:
     body = getattr(model, "body", model)
     if not (hasattr(body, "blocks") and hasattr(body, "patch_embed") and len(body.blocks) > 0 and hasattr(body.blocks[-1], "attn")):
         arch = getattr(model, "arch", type(body).__name__)
-        raise ConfigError(
-            f"attention maps need a ViT backbone (vit_tiny, vit_small); this run's backbone is '{arch}'."
-        )
+        raise ConfigError(f"attention maps need a ViT backbone (vit_tiny, vit_small); this run's backbone is '{arch}'.")
     return body
 
 
@@ -65,17 +63,14 @@ def render_attention(image: np.ndarray, attention: torch.Tensor, out: str | Path
 
     ``image`` uint8 ``(H, W, 3)``; ``attention`` ``(heads, h, w)``.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # a bare Figure renders with Agg and leaves pyplot's state alone
 
     heads = attention.shape[0]
     height, width = image.shape[:2]
     maps = F.interpolate(attention[None].float().cpu(), size=(height, width), mode="nearest")[0]
     panels = [("mean", maps.mean(0))] + [(f"head {h + 1}", maps[h]) for h in range(heads)]
-    figure, axes = plt.subplots(1, len(panels) + 1, figsize=(2.2 * (len(panels) + 1), 2.5), squeeze=False)
-    axes = axes[0]
+    figure = Figure(figsize=(2.2 * (len(panels) + 1), 2.5))
+    axes = figure.subplots(1, len(panels) + 1, squeeze=False)[0]
     axes[0].imshow(image)
     axes[0].set_title("image", fontsize=9)
     gray = image.mean(axis=2)
@@ -93,5 +88,4 @@ def render_attention(image: np.ndarray, attention: torch.Tensor, out: str | Path
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(out, dpi=100)
-    plt.close(figure)
     return out

@@ -42,26 +42,20 @@ def embed_dataset(
     device = preprocess.device
     loader = BatchLoader(dataset, min(batch_size, len(dataset)), device, shuffle=False, drop_last=False)
     context = torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype else nullcontext()
-    bar = None
-    if progress:
-        from tqdm import tqdm
+    from tqdm import tqdm
 
-        bar = tqdm(total=len(dataset), unit="img", desc="embedding", file=sys.stderr, dynamic_ncols=True)
+    bar = tqdm(total=len(dataset), unit="img", desc="embedding", file=sys.stderr, dynamic_ncols=True,
+               disable=not progress)
     parts, indices = [], []
     with context:
         for batch in loader.epoch(0):
             parts.append(model(preprocess(batch.images)).float().cpu())
             indices.append(batch.index.cpu())
-            if bar is not None:
-                bar.update(len(batch.index))
-    if bar is not None:
-        bar.close()
-    features = torch.cat(parts)
-    order = torch.cat(indices)
-    if len(order) < len(dataset):  # unreadable files dropped by a streamed loader: keep the rows aligned
-        out = torch.full((len(dataset), features.shape[1]), float("nan"))
-        out[order] = features
-        features = out
+            bar.update(len(batch.index))
+    bar.close()
+    # Rows are placed by index: those of unreadable files a streamed loader dropped stay NaN, aligned.
+    features = torch.full((len(dataset), parts[0].shape[1]), float("nan"))
+    features[torch.cat(indices)] = torch.cat(parts)
     return features.numpy().astype(np.float32)
 
 
@@ -113,9 +107,7 @@ def _center_of(features: np.ndarray, center: bool) -> torch.Tensor | None:
     orthant and raw cosines between unrelated images crowd near 1 (0.99 and up for a briefly trained
     net). Centring on the folder's mean spreads them, so a threshold such as 0.95 separates
     near-duplicates from merely similar images (measured in tests/test_embed.py)."""
-    if not center:
-        return None
-    return torch.nan_to_num(torch.as_tensor(features).float()).mean(dim=0)
+    return torch.nan_to_num(torch.as_tensor(features).float()).mean(dim=0) if center else None
 
 
 def nearest(

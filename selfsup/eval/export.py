@@ -40,12 +40,6 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 _TIMM_NAMES = ("vit_tiny_patch16_224", "vit_small_patch16_224")  # the arch of the registered ViTs
 
 
-def _registered_hint(backbone: Backbone) -> str:
-    if backbone.arch in available_backbones():
-        return "."
-    return ", or export one of its encoders with --encoder (this backbone is a composite)."
-
-
 class ExportError(SelfsupError):
     """A backbone that has no counterpart in the requested format, or an unreadable export."""
 
@@ -84,23 +78,21 @@ def _vit_recipe(backbone: Backbone) -> tuple[str, list[str]]:
 
 def plain_model_recipe(backbone: Backbone, fmt: str) -> tuple[str, list[str]]:
     """(the line that builds the plain model, the lines that patch it) for ``fmt``."""
-    if fmt == "torchvision":
-        if backbone.arch in _RESNETS:
-            return _resnet_recipe(backbone, "torchvision")
-        hint = " Use --format timm." if backbone.arch.startswith("vit") else " Use --format selfsup" + _registered_hint(backbone)
-        raise ExportError(f"backbone '{backbone.arch}' has no torchvision counterpart.{hint}")
-    if fmt == "timm":
-        if backbone.arch in _RESNETS:
-            return _resnet_recipe(backbone, "timm")
-        if backbone.arch.startswith("vit"):
-            return _vit_recipe(backbone)
-        raise ExportError(f"backbone '{backbone.arch}' has no timm counterpart. Use --format selfsup{_registered_hint(backbone)}")
-    if fmt == "selfsup":
-        if backbone.arch not in available_backbones() and backbone.arch not in _TIMM_NAMES:
-            raise ExportError(f"backbone '{backbone.arch}' is not a registered backbone, so no file can rebuild it; "
-                              "export one of its encoders with --encoder.")
-        return f"model = selfsup.load_backbone(path)  # {backbone.arch}, in eval mode, with model.preprocess", []
-    raise ConfigError(f"unknown export format '{fmt}'; use one of {', '.join(FORMATS)}.")
+    arch, vit = backbone.arch, backbone.arch.startswith("vit")
+    if fmt not in FORMATS:
+        raise ConfigError(f"unknown export format '{fmt}'; use one of {', '.join(FORMATS)}.")
+    if fmt != "selfsup" and arch in _RESNETS:
+        return _resnet_recipe(backbone, fmt)
+    if fmt == "timm" and vit:
+        return _vit_recipe(backbone)
+    if fmt != "selfsup":
+        composite = ", or export one of its encoders with --encoder (this backbone is a composite)."
+        hint = "timm." if vit else "selfsup" + ("." if arch in available_backbones() else composite)
+        raise ExportError(f"backbone '{arch}' has no {fmt} counterpart. Use --format {hint}")
+    if arch not in available_backbones() and arch not in _TIMM_NAMES:
+        raise ExportError(f"backbone '{arch}' is not a registered backbone, so no file can rebuild it; "
+                          "export one of its encoders with --encoder.")
+    return f"model = selfsup.load_backbone(path)  # {arch}, in eval mode, with model.preprocess", []
 
 
 def export_state_dict(backbone: Backbone, fmt: str) -> dict[str, torch.Tensor]:
@@ -217,15 +209,13 @@ class Preprocess:
         if isinstance(images, (Image.Image, str, Path)):
             images = [images]
         if isinstance(images, (list, tuple)):
-            arrays = []
-            for item in images:
-                if isinstance(item, (str, Path)):
-                    # The decoding of the data loaders (JPEG draft scaling included), so that a file
-                    # gives the tensor it gives when embedded or probed as part of a folder.
-                    arrays.append(decode_to_array(item, self.image_size))
-                else:
-                    arrays.append(np.asarray(resize_center_crop(to_rgb(item), self.image_size), dtype=np.uint8))
-            return torch.from_numpy(np.stack(arrays))
+            # Files are decoded as the data loaders do (JPEG draft scaling included), so that a file
+            # gives the tensor it gives when embedded or probed as part of a folder.
+            return torch.from_numpy(np.stack([
+                decode_to_array(item, self.image_size) if isinstance(item, (str, Path))
+                else np.asarray(resize_center_crop(to_rgb(item), self.image_size), dtype=np.uint8)
+                for item in images
+            ]))
         tensor = torch.as_tensor(images)
         if tensor.dim() == 3:
             tensor = tensor[None]

@@ -15,7 +15,9 @@ turns uint8 images into its input, so fine-tuning knows nothing about any method
 
 from __future__ import annotations
 
+import itertools
 import math
+import sys
 from contextlib import nullcontext
 from typing import Any
 
@@ -26,7 +28,7 @@ from torch import nn
 from ..augment import ops
 from ..data import BatchLoader, ImageSet
 from ..errors import ConfigError, DataError
-from .knn import center_crop, extract_features, topk_accuracy
+from .knn import center_crop, extract_features, labelled, topk_accuracy
 
 
 def class_balanced_subset(
@@ -89,18 +91,6 @@ def random_resized_crop_flip(
     return views.mul(255).round_().clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1).contiguous()
 
 
-class _Classifier(nn.Module):
-    """The method's representation followed by a linear head."""
-
-    def __init__(self, method: nn.Module, feature_dim: int, num_classes: int) -> None:
-        super().__init__()
-        self.method = method
-        self.head = nn.Linear(feature_dim, num_classes)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.method.representation(x).float())
-
-
 def finetune(
     method: nn.Module,
     train: ImageSet,
@@ -147,67 +137,53 @@ def finetune(
     batch_size = min(batch_size, len(train))
     torch.manual_seed(seed)
 
-    method = method.to(device)
-    for parameter in method.parameters():
-        parameter.requires_grad_(True)
+    method = method.to(device).requires_grad_(True)
     method.eval()
     with torch.no_grad():
         # The head's width is whatever the representation returns (a concatenation for CMC).
         probe = method.representation(method.eval_transform(center_crop(train.images[:2].to(device), crop_size)))
-    model = _Classifier(method, probe.shape[1], num_classes).to(device)
-    with torch.no_grad():  # the usual head init of linear evaluations (MoCo, DINO): N(0, 0.01), zero bias
-        model.head.weight.normal_(0, 0.01)
-        model.head.bias.zero_()
+    head = nn.Linear(probe.shape[1], num_classes).to(device)  # trained on the representation's float output
+    # the usual head init of linear evaluations (MoCo, DINO): N(0, 0.01), zero bias
+    nn.init.normal_(head.weight, 0, 0.01)
+    nn.init.zeros_(head.bias)
 
     peak = lr * batch_size / 256
     optimizer = torch.optim.SGD(
         [
             {"params": list(method.parameters()), "lr_scale": backbone_lr_ratio},
-            {"params": list(model.head.parameters()), "lr_scale": 1.0},
+            {"params": list(head.parameters()), "lr_scale": 1.0},
         ],
         lr=peak, momentum=0.9, nesterov=True, weight_decay=weight_decay,
     )
     loader = BatchLoader(train, batch_size, device, shuffle=True, drop_last=True, seed=seed)
-    total = epochs * len(loader) if max_steps is None else min(max_steps, epochs * len(loader))
+    total = epochs * len(loader) if max_steps is None else max(0, min(max_steps, epochs * len(loader)))
     generator = torch.Generator(device=device).manual_seed(seed + 1)
     context = torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype else nullcontext()
-    bar = None
-    if progress:
-        import sys
+    from tqdm import tqdm
 
-        from tqdm import tqdm
-
-        bar = tqdm(total=total, unit="step", desc="fine-tuning", file=sys.stderr, dynamic_ncols=True)
-    step, losses = 0, []
-    model.train()
-    for epoch in range(epochs):
-        for batch in loader.epoch(epoch):
-            if step >= total:
-                break
-            for group in optimizer.param_groups:
-                group["lr"] = peak * group["lr_scale"] * 0.5 * (1 + math.cos(math.pi * step / total))
-            images = random_resized_crop_flip(batch.images, crop_size, crop_scale, generator)
-            with context:
-                logits = model(method.eval_transform(images))
-            loss = F.cross_entropy(logits.float(), batch.labels)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            losses.append(loss.detach())
-            step += 1
-            if bar is not None:
-                bar.update(1)
-        if step >= total:
-            break
-    if bar is not None:
-        bar.close()
-    model.eval()
+    bar = tqdm(total=total, unit="step", desc="fine-tuning", file=sys.stderr, dynamic_ncols=True, disable=not progress)
+    losses = []
+    method.train()
+    batches = (batch for epoch in range(epochs) for batch in loader.epoch(epoch))
+    for step, batch in enumerate(itertools.islice(batches, total)):
+        for group in optimizer.param_groups:
+            group["lr"] = peak * group["lr_scale"] * 0.5 * (1 + math.cos(math.pi * step / total))
+        images = random_resized_crop_flip(batch.images, crop_size, crop_scale, generator)
+        with context:
+            logits = head(method.representation(method.eval_transform(images)).float())
+        loss = F.cross_entropy(logits.float(), batch.labels)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.detach())
+        bar.update(1)
+    bar.close()
+    method.eval()
     with torch.no_grad():
         features = extract_features(
             method.representation, method.eval_transform, test, device, crop_size=crop_size, autocast_dtype=autocast_dtype
         )
-        keep_test = test.labels >= 0
-        logits = model.head(features[keep_test.to(features.device)])
-        acc = topk_accuracy(logits, test.labels[keep_test])
+        features, labels = labelled(features, test.labels)
+        acc = topk_accuracy(head(features), labels)
     final_loss = float(torch.stack(losses[-max(1, len(loader)) :]).mean()) if losses else float("nan")
-    return {"top1": acc[1], "top5": acc[5], "train_images": len(train), "steps": step, "final_loss": final_loss}
+    return {"top1": acc[1], "top5": acc[5], "train_images": len(train), "steps": len(losses), "final_loss": final_loss}

@@ -13,15 +13,13 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from ..data import ImageSet
+from ..data import BatchLoader, ImageSet
 
 
 def center_crop(images: torch.Tensor, size: int | None) -> torch.Tensor:
     """Central ``size`` x ``size`` of uint8 ``(B, H, W, 3)`` images (unchanged if not larger)."""
-    if size is None:
-        return images
     height, width = images.shape[1:3]
-    if height <= size and width <= size:
+    if size is None or (height <= size and width <= size):
         return images
     top, left = max(0, (height - size) // 2), max(0, (width - size) // 2)
     return images[:, top : top + size, left : left + size]
@@ -41,8 +39,6 @@ def extract_features(
 
     Streamed datasets are read through the same loader as training (unshuffled).
     """
-    from ..data import BatchLoader
-
     device = torch.device(device)
     loader = BatchLoader(dataset, min(batch_size, len(dataset)), device, shuffle=False, drop_last=False)
     context = torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype else nullcontext()
@@ -69,9 +65,7 @@ def choose_k(labels: torch.Tensor, requested: int | None = None) -> int:
         return int(requested)
     known = labels[labels >= 0]
     classes = int(torch.unique(known).numel())
-    if classes == 0:
-        return MAX_K
-    return max(1, min(MAX_K, int(known.numel()) // classes))
+    return max(1, min(MAX_K, int(known.numel()) // classes)) if classes else MAX_K
 
 
 Merge = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
@@ -108,18 +102,20 @@ def knn_predict(
         if merge is not None:
             # Pad to k candidates (a shard may hold fewer) so that every rank's block has one shape;
             # a padded candidate has weight exp(-inf) = 0.
-            missing = k - local_k
-            if missing:
-                top_sim = torch.cat((top_sim, top_sim.new_full((top_sim.shape[0], missing), float("-inf"))), 1)
-                top_labels = torch.cat((top_labels, top_labels.new_zeros((top_labels.shape[0], missing))), 1)
-            top_sim, top_labels = merge(top_sim, top_labels)
+            top_sim = F.pad(top_sim, (0, k - local_k), value=float("-inf"))
+            top_sim, top_labels = merge(top_sim, F.pad(top_labels, (0, k - local_k)))
             top_sim, best = top_sim.topk(k, dim=1)
             top_labels = top_labels.gather(1, best)
         weights = (top_sim / temperature).exp()
         votes = torch.zeros(top_sim.shape[0], num_classes, device=train.device)
-        votes.scatter_add_(1, top_labels, weights)
-        scores.append(votes)
+        scores.append(votes.scatter_add_(1, top_labels, weights))
     return torch.cat(scores)
+
+
+def labelled(features: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The rows of ``features`` and ``labels`` whose label is known (unlabelled samples are -1)."""
+    keep = labels >= 0
+    return features[keep.to(features.device)], labels[keep]
 
 
 def topk_accuracy(scores: torch.Tensor, labels: torch.Tensor, ks: tuple[int, ...] = (1, 5)) -> dict[int, float]:
@@ -141,16 +137,8 @@ def knn_accuracy(
 ) -> dict[str, float]:
     """Weighted-kNN top-1 and top-5 accuracy; unlabelled (-1) samples are ignored. ``merge``: the
     training features are this process's shard (see :func:`knn_predict`)."""
-    keep_train = train_labels >= 0
-    keep_test = test_labels >= 0
-    scores = knn_predict(
-        train_features[keep_train.to(train_features.device)],
-        train_labels[keep_train],
-        test_features[keep_test.to(test_features.device)],
-        num_classes,
-        k,
-        temperature,
-        merge=merge,
-    )
-    acc = topk_accuracy(scores, test_labels[keep_test])
+    train_features, train_labels = labelled(train_features, train_labels)
+    test_features, test_labels = labelled(test_features, test_labels)
+    scores = knn_predict(train_features, train_labels, test_features, num_classes, k, temperature, merge=merge)
+    acc = topk_accuracy(scores, test_labels)
     return {"top1": acc[1], "top5": acc[5]}

@@ -8,12 +8,13 @@ epochs over 50,000 CIFAR features take seconds, even on a CPU.
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import torch
 import torch.nn.functional as F
 
-from .knn import topk_accuracy
+from .knn import labelled, topk_accuracy
 
 
 def linear_probe(
@@ -30,10 +31,8 @@ def linear_probe(
 ) -> dict[str, float]:
     """Train ``Linear(D, C)`` on ``train_features``; top-1/top-5 on ``test_features``."""
     device = train_features.device
-    keep = train_labels >= 0
-    x, y = train_features[keep.to(device)].float(), train_labels[keep].to(device)
-    keep_test = test_labels >= 0
-    xt, yt = test_features[keep_test.to(device)].float(), test_labels[keep_test].to(device)
+    x, y = labelled(train_features.float(), train_labels.to(device))
+    xt, yt = labelled(test_features.float(), test_labels.to(device))
     mean, std = x.mean(0, keepdim=True), x.std(0, keepdim=True).clamp_min(1e-6)
     x, xt = (x - mean) / std, (xt - mean) / std
     generator = torch.Generator(device="cpu").manual_seed(seed)
@@ -42,12 +41,11 @@ def linear_probe(
         head.weight.normal_(0, 0.01, generator=generator) if device.type == "cpu" else head.weight.normal_(0, 0.01)
         head.bias.zero_()
     optimizer = torch.optim.SGD(head.parameters(), lr=lr, momentum=0.9, nesterov=True, weight_decay=weight_decay)
-    steps_per_epoch = max(1, math.ceil(x.shape[0] / batch_size))
-    total = epochs * steps_per_epoch
-    step = 0
+    total = epochs * max(1, math.ceil(x.shape[0] / batch_size))
+    steps = itertools.count()
     for _ in range(epochs):
         order = torch.randperm(x.shape[0], generator=generator).to(device)
-        for start in range(0, x.shape[0], batch_size):
+        for start, step in zip(range(0, x.shape[0], batch_size), steps):  # zip stops before drawing an unused step
             idx = order[start : start + batch_size]
             for group in optimizer.param_groups:
                 group["lr"] = lr * 0.5 * (1 + math.cos(math.pi * step / total))
@@ -55,7 +53,6 @@ def linear_probe(
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            step += 1
     with torch.no_grad():
         acc = topk_accuracy(head(xt), yt)
     return {"top1": acc[1], "top5": acc[5]}

@@ -21,8 +21,10 @@ from __future__ import annotations
 
 import csv
 import html
+import itertools
 import json
 import math
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable
 
@@ -67,11 +69,9 @@ def read_run(run_dir: str | Path) -> dict[str, Any]:
 
 def _full_label_probe(evals: list[dict[str, Any]], probe: str) -> dict[str, Any] | None:
     """The newest recorded ``probe`` result trained with all labels."""
-    for record in reversed(evals):
-        settings = record.get("settings", {})
-        if record.get("probe") == probe and not settings.get("labels_per_class") and not settings.get("label_fraction"):
-            return record
-    return None
+    low_label = ("labels_per_class", "label_fraction")
+    full = [r for r in evals if r.get("probe") == probe and not any(r.get("settings", {}).get(s) for s in low_label)]
+    return full[-1] if full else None
 
 
 def run_row(run: dict[str, Any]) -> dict[str, Any]:
@@ -79,38 +79,30 @@ def run_row(run: dict[str, Any]) -> dict[str, Any]:
     config, summary, metrics = run["config"], run["summary"], run["metrics"]
     knn = [r for r in metrics if "knn_top1" in r and not r.get("random_init")]
     random = [r for r in metrics if "knn_top1" in r and r.get("random_init")]
-    row = {
+    linear, tuned = (_full_label_probe(run["evals"], probe) for probe in ("linear", "finetune"))
+    return {
         "run": Path(run["dir"]).name,
-        "method": summary.get("method", config.get("method")),
-        "backbone": summary.get("backbone", config.get("backbone")),
-        "data": summary.get("data", config.get("data")),
-        "epochs": summary.get("epochs", config.get("epochs")),
-        "batch_size": summary.get("batch_size", config.get("batch_size")),
+        **{key: summary.get(key, config.get(key)) for key in ("method", "backbone", "data", "epochs", "batch_size")},
         "knn_last": summary.get("knn_top1", knn[-1]["knn_top1"] if knn else None),
         "knn_best": summary.get("best_knn_top1", max((r["knn_top1"] for r in knn), default=None)),
         "knn_random": summary.get("knn_random_top1", random[0]["knn_top1"] if random else None),
         "knn_k": summary.get("knn_k", config.get("knn_k")),
-        "linear": None, "linear_random": None, "finetune": None,
+        # None where the run has no full-label result of that probe
+        "linear": linear and linear["learned"]["top1"],
+        "linear_random": linear and (linear.get("random") or {}).get("top1"),
+        "finetune": tuned and tuned["learned"]["top1"],
         "wall_time_s": summary.get("wall_time_s"),
     }
-    linear = _full_label_probe(run["evals"], "linear")
-    if linear:
-        row["linear"] = linear["learned"]["top1"]
-        row["linear_random"] = (linear.get("random") or {}).get("top1")
-    tuned = _full_label_probe(run["evals"], "finetune")
-    if tuned:
-        row["finetune"] = tuned["learned"]["top1"]
-    return row
+
+
+def _pct(value: Any) -> str:
+    return "-" if value is None else f"{100 * float(value):.2f}%"
 
 
 def _cell(key: str, value: Any) -> str:
-    if value is None:
-        return "-"
-    if key in _PERCENT:
-        return f"{100 * float(value):.2f}%"
-    if isinstance(value, float):
-        return f"{value:.1f}"
-    return str(value)
+    if value is None or key in _PERCENT:
+        return _pct(value)
+    return f"{value:.1f}" if isinstance(value, float) else str(value)
 
 
 def markdown_table(rows: list[dict[str, Any]], columns: list[tuple[str, str]] = COMPARE_COLUMNS) -> str:
@@ -141,25 +133,30 @@ def _figure(width: float = 5.0, height: float = 3.2):  # noqa: ANN202
     return Figure(figsize=(width, height), dpi=100, layout="constrained")
 
 
+def _axes(fig: Any, *position: int, **labels: Any) -> Any:
+    """A subplot of ``fig`` with ``labels`` (title, xlabel...) and a light grid."""
+    ax = fig.add_subplot(*position)
+    ax.set(**labels)
+    ax.grid(alpha=0.3)
+    return ax
+
+
 def plot_curves(metrics: list[dict[str, Any]], out_dir: Path) -> list[tuple[str, str]]:
     """Loss, learning rate, kNN accuracy and other logged scalars; [(file name, caption)]."""
     steps = [r for r in metrics if "loss" in r]
     figures = []
-    for key, title, log in (("loss", "training loss", False), ("lr", "learning rate", False)):
+    for key, title in (("loss", "training loss"), ("lr", "learning rate")):
         points = [(r["step"], r[key]) for r in steps if isinstance(r.get(key), (int, float)) and math.isfinite(r[key])]
-        if not points:
-            continue
-        fig = _figure()
-        ax = fig.add_subplot()
-        ax.plot(*zip(*points), marker="." if len(points) < 30 else None)
-        ax.set(xlabel="step", ylabel=key, title=title, yscale="log" if log else "linear")
-        ax.grid(alpha=0.3)
-        fig.savefig(out_dir / f"{key}.png")
-        figures.append((f"{key}.png", f"{title} per logged step ({len(points)} points)"))
+        if points:
+            fig = _figure()
+            ax = _axes(fig, xlabel="step", ylabel=key, title=title)
+            ax.plot(*zip(*points), marker="." if len(points) < 30 else None)
+            fig.savefig(out_dir / f"{key}.png")
+            figures.append((f"{key}.png", f"{title} per logged step ({len(points)} points)"))
     knn = [r for r in metrics if "knn_top1" in r]
     if knn:
         fig = _figure()
-        ax = fig.add_subplot()
+        ax = _axes(fig, xlabel="epoch", ylabel="kNN top-1 (%)", title="kNN accuracy on the test split")
         learned = [(r["epoch"], 100 * r["knn_top1"]) for r in knn if not r.get("random_init")]
         random = [(r["epoch"], 100 * r["knn_top1"]) for r in knn if r.get("random_init")]
         if learned:
@@ -167,9 +164,7 @@ def plot_curves(metrics: list[dict[str, Any]], out_dir: Path) -> list[tuple[str,
         if random:
             ax.axhline(random[0][1], color="gray", linestyle="--", label="random-init backbone")
             ax.plot(*random[0], marker="o", color="gray")
-        ax.set(xlabel="epoch", ylabel="kNN top-1 (%)", title="kNN accuracy on the test split")
         ax.xaxis.get_major_locator().set_params(integer=True)
-        ax.grid(alpha=0.3)
         ax.legend()
         fig.savefig(out_dir / "knn.png")
         figures.append(("knn.png", "weighted kNN top-1 during training (dashed: the random-init backbone)"))
@@ -180,11 +175,8 @@ def plot_curves(metrics: list[dict[str, Any]], out_dir: Path) -> list[tuple[str,
         rows = -(-len(others) // cols)
         fig = _figure(4.0 * cols, 2.8 * rows)
         for i, key in enumerate(others):
-            ax = fig.add_subplot(rows, cols, i + 1)
             points = [(r["step"], r[key]) for r in steps if isinstance(r.get(key), (int, float))]
-            ax.plot(*zip(*points))
-            ax.set(xlabel="step", title=key)
-            ax.grid(alpha=0.3)
+            _axes(fig, rows, cols, i + 1, xlabel="step", title=key).plot(*zip(*points))
         fig.savefig(out_dir / "logged.png")
         figures.append(("logged.png", "other scalars the method logs: " + ", ".join(others)))
     return figures
@@ -220,12 +212,11 @@ def project_2d(features: np.ndarray, algorithm: str = "auto", seed: int = 0, tsn
 def embedding_map(features: np.ndarray, labels: np.ndarray, classes: list[str], out: Path, algorithm: str = "auto") -> str:
     """Scatter of the 2-D projection coloured by class; returns the algorithm's name."""
     coords, used = project_2d(features, algorithm)
-    fig = _figure(6.5, 5.5)
-    ax = fig.add_subplot()
-    cmap = "tab10" if len(classes) <= 10 else "tab20"
     from matplotlib import colormaps
 
-    colors = colormaps[cmap]
+    fig = _figure(6.5, 5.5)
+    ax = fig.add_subplot()
+    colors = colormaps["tab10" if len(classes) <= 10 else "tab20"]
     for c in np.unique(labels):
         members = labels == c
         name = classes[c] if 0 <= c < len(classes) else "unlabelled"
@@ -249,20 +240,22 @@ def _tile(image: np.ndarray, side: int, frame: tuple[int, int, int] | None, widt
     return canvas
 
 
+def _join(parts: list[np.ndarray], gap: int, axis: int) -> np.ndarray:
+    """``parts`` stacked along ``axis`` (0: one above the other, 1: side by side), ``gap`` white pixels apart."""
+    shape = list(parts[0].shape)
+    shape[axis] = gap
+    spacer = np.full(shape, 255, dtype=np.uint8)
+    return np.concatenate([x for part in parts for x in (part, spacer)][:-1], axis=axis)
+
+
 RED, GREEN, BLUE = (214, 39, 40), (44, 160, 44), (40, 90, 200)
 
 
 def pick_queries(labels: torch.Tensor, count: int) -> list[int]:
     """Up to ``count`` test indices, one per class in turn (the first image of each class)."""
-    chosen: list[int] = []
-    by_class = {int(c): torch.nonzero(labels == c).flatten().tolist() for c in labels[labels >= 0].unique()}
-    depth = 0
-    while len(chosen) < count and any(len(v) > depth for v in by_class.values()):
-        for c in sorted(by_class):
-            if depth < len(by_class[c]) and len(chosen) < count:
-                chosen.append(by_class[c][depth])
-        depth += 1
-    return chosen
+    # unique() sorts the classes; zip_longest takes the next image of every class in turn
+    by_class = [torch.nonzero(labels == c).flatten().tolist() for c in labels[labels >= 0].unique()]
+    return [index for turn in itertools.zip_longest(*by_class) for index in turn if index is not None][:count]
 
 
 def retrieval_grid(
@@ -278,20 +271,14 @@ def retrieval_grid(
     bank = F.normalize(train_features.float().cpu(), dim=1)
     q = F.normalize(test_features[chosen].float().cpu(), dim=1)
     top = (q @ bank.T).topk(min(k, len(bank)), dim=1).indices
+    same = train.labels[top] == test.labels[chosen][:, None]  # (queries, k)
     side = max(64, int(train.images.shape[1]))
-    rows, correct = [], 0
-    for qi, neighbours in zip(chosen, top.tolist()):
-        tiles = [_tile(test.images[qi].numpy(), side, BLUE), np.full((side + 6, side // 4, 3), 255, dtype=np.uint8)]
-        for n in neighbours:
-            same = int(train.labels[n]) == int(test.labels[qi])
-            correct += same
-            tiles.append(_tile(train.images[n].numpy(), side, GREEN if same else RED))
-        rows.append(np.concatenate(tiles, axis=1))
-    gap = np.full((4, rows[0].shape[1], 3), 255, dtype=np.uint8)
-    grid = np.concatenate([x for row in rows for x in (row, gap)][:-1], axis=0)
-    Image.fromarray(grid).save(out)
-    total = len(chosen) * top.shape[1]
-    return {"queries": len(chosen), "k": int(top.shape[1]), "same_class": correct / max(1, total)}
+    rows = []
+    for qi, neighbours, hits in zip(chosen, top.tolist(), same.tolist()):
+        tiles = [_tile(train.images[n].numpy(), side, GREEN if hit else RED) for n, hit in zip(neighbours, hits)]
+        rows.append(_join([_tile(test.images[qi].numpy(), side, BLUE), np.concatenate(tiles, axis=1)], side // 4, 1))
+    Image.fromarray(_join(rows, 4, 0)).save(out)
+    return {"queries": len(chosen), "k": int(top.shape[1]), "same_class": int(same.sum()) / max(1, same.numel())}
 
 
 def image_columns(columns: dict[str, torch.Tensor], out: Path) -> int:
@@ -303,14 +290,8 @@ def image_columns(columns: dict[str, torch.Tensor], out: Path) -> int:
     batches = [batch.cpu().numpy() for batch in columns.values()]
     count = min(len(b) for b in batches)
     side = max(64, max(int(b.shape[1]) for b in batches))
-    rows = []
-    for i in range(count):
-        tiles = []
-        for b in batches:
-            tiles += [_tile(b[i], side, None), np.full((side + 6, 4, 3), 255, dtype=np.uint8)]
-        rows.append(np.concatenate(tiles[:-1], axis=1))
-    gap = np.full((4, rows[0].shape[1], 3), 255, dtype=np.uint8)
-    Image.fromarray(np.concatenate([x for row in rows for x in (row, gap)][:-1], axis=0)).save(out)
+    rows = [_join([_tile(b[i], side, None) for b in batches], 4, 1) for i in range(count)]
+    Image.fromarray(_join(rows, 4, 0)).save(out)
     return count
 
 
@@ -328,10 +309,6 @@ def _table(rows: list[list[Any]], header: list[str] | None = None) -> str:
     return f"<table>{head}{body}</table>"
 
 
-def _pct(value: Any) -> str:
-    return "-" if value is None else f"{100 * float(value):.2f}%"
-
-
 def _probe_rows(run: dict[str, Any]) -> list[list[Any]]:
     summary = run["summary"]
     rows = []
@@ -346,7 +323,7 @@ def _probe_rows(run: dict[str, Any]) -> list[list[Any]]:
         settings = ", ".join(f"{k}={v}" for k, v in record.get("settings", {}).items())
         rows.append([record.get("probe"), record.get("queries") or record.get("data"),
                      record.get("bank") or record.get("train_images", "-"), _pct(learned.get("top1")),
-                     _pct(learned.get("top5")), _pct(random.get("top1")) if random else "-", settings])
+                     _pct(learned.get("top5")), _pct(random.get("top1")), settings])
     return rows
 
 
@@ -388,19 +365,16 @@ def write_report(
     out_dir = Path(run_dir) / "report"
     out_dir.mkdir(parents=True, exist_ok=True)
     notes = list(notes or [])
-    sections: list[tuple[str, list[tuple[str, str]], str]] = []  # (title, figures, extra html)
-
-    curves = plot_curves(run["metrics"], out_dir)
-    sections.append(("Training curves", curves, "" if curves else "<p class=note>metrics.jsonl has no records yet.</p>"))
+    # (title, figures); only the training curves can come out empty
+    sections: list[tuple[str, list[tuple[str, str]]]] = [("Training curves", plot_curves(run["metrics"], out_dir))]
 
     if method is not None and train is not None and test is not None and train.labelled and test.labelled:
         was_training = method.training
         method.eval()
-        with torch.no_grad():
-            kwargs = dict(crop_size=crop_size, autocast_dtype=autocast_dtype)
-            train_features = extract_features(method.representation, method.eval_transform, train, device, **kwargs)
-            shown = test if len(test) <= map_points else test.subset(np.arange(map_points))
-            test_features = extract_features(method.representation, method.eval_transform, shown, device, **kwargs)
+        extract = partial(extract_features, method.representation, method.eval_transform, device=device,
+                          crop_size=crop_size, autocast_dtype=autocast_dtype)
+        shown = test if len(test) <= map_points else test.subset(np.arange(map_points))
+        train_features, test_features = extract(train), extract(shown)
         method.train(was_training)
         used = embedding_map(test_features.cpu().numpy(), shown.labels.numpy(), test.classes, out_dir / "embedding_map.png",
                              map_algorithm)
@@ -408,12 +382,12 @@ def write_report(
         sections.append(("Embeddings", [
             ("embedding_map.png", f"{used} of the backbone's features of {len(shown)} test images ({shown.name}), "
              "coloured by class; labels are used only for colour"),
-        ], ""))
+        ]))
         sections.append(("Nearest neighbours", [
             ("retrieval.png", f"each row: a test image (blue) and its {stats['k']} nearest of {len(train)} training images "
              f"by cosine similarity; green: same class, red: another class. {100 * stats['same_class']:.1f}% of the "
              "neighbours shown share the query's class"),
-        ], ""))
+        ]))
     elif method is not None:
         notes.append("No labelled train/test split to draw the embedding map and the retrieval grid with "
                      "(give a labelled source with --data).")
@@ -421,33 +395,27 @@ def write_report(
     if recipe is not None and train is not None and not train.streamed:
         from ..augment.preview import preview_grid
 
-        count = min(6, len(train))
-        size = int(train.images.shape[1])
-        preview_grid(train.images[:count], recipe, seed=0, scale=max(1, 96 // size)).save(out_dir / "augmentations.png")
+        scale = max(1, 96 // int(train.images.shape[1]))
+        preview_grid(train.images[:6], recipe, seed=0, scale=scale).save(out_dir / "augmentations.png")
         name = getattr(recipe, "name", "the run's recipe")
-        sections.append(("Augmentations", [
-            ("augmentations.png", f"the run's recipe ({name}): each row an original training image, then its views"),
-        ], ""))
+        caption = f"the run's recipe ({name}): each row an original training image, then its views"
+        sections.append(("Augmentations", [("augmentations.png", caption)]))
 
     if method_images is not None:
         title, columns = method_images
         rows = image_columns(columns, out_dir / "method_images.png")
-        sections.append((title, [
-            ("method_images.png", f"{rows} test images, one per row; columns: {', '.join(columns)}"),
-        ], ""))
+        caption = f"{rows} test images, one per row; columns: {', '.join(columns)}"
+        sections.append((title, [("method_images.png", caption)]))
 
-    if attention is not None:
-        figures = attention(out_dir)
-        if figures:
-            sections.append(("Attention", figures, ""))
+    figures = attention(out_dir) if attention is not None else None
+    if figures:
+        sections.append(("Attention", figures))
 
-    summary = run["summary"]
-    config = run["config"]
-    title = f"{summary.get('method', config.get('method'))} / {summary.get('backbone', config.get('backbone'))} on {summary.get('data', config.get('data'))}"
+    summary, config, row = run["summary"], run["config"], run_row(run)
+    title = f"{row['method']} / {row['backbone']} on {row['data']}"
     facts = [["run", Path(run_dir).resolve().name]]
-    for key in ("epochs", "steps", "batch_size", "wall_time_s", "images_per_s", "device", "checkpoint"):
-        if key in summary:
-            facts.append([key, summary[key]])
+    facts += [[key, summary[key]] for key in ("epochs", "steps", "batch_size", "wall_time_s", "images_per_s", "device",
+                                               "checkpoint") if key in summary]
     probes = _probe_rows(run)
     baseline = "initial backbone" if config.get("init") else "random-init"
     header = ["probe", "scored on", "bank / trained on", "top-1", "top-5", f"{baseline} top-1", "settings"]
@@ -460,13 +428,11 @@ def write_report(
     ]
     parts += [f"<p class=note>{html.escape(n)}</p>" for n in notes]
     parts += ["<h2>Probes</h2>", probe_html]
-    for section, figures, extra in sections:
+    for section, figures in sections:
+        extra = "" if figures else "<p class=note>metrics.jsonl has no records yet.</p>"
         parts.append(f"<h2>{html.escape(section)}</h2>{extra}")
-        for file, caption in figures:
-            parts.append(
-                f'<figure><img src="{html.escape(file)}" alt="{html.escape(caption)}">'
-                f"<figcaption>{html.escape(caption)}</figcaption></figure>"
-            )
+        parts += [f'<figure><img src="{html.escape(file)}" alt="{html.escape(caption)}">'
+                  f"<figcaption>{html.escape(caption)}</figcaption></figure>" for file, caption in figures]
     parts += ["<h2>Configuration</h2>", _table([[k, json.dumps(v) if not isinstance(v, str) else v]
                                                for k, v in _flatten("", config)], ["field", "value"])]
     parts.append("</body></html>")
