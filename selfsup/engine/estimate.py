@@ -31,12 +31,10 @@ resume) is bit-for-bit what it would be without them.
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
 import sys
 import time
 from contextlib import contextmanager, nullcontext, suppress
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -68,26 +66,24 @@ MAX_VIEWS_PER_IMAGE = 64
 
 
 # -- memory of the machine and of this process -----------------------------------------------------
+def _proc_bytes(path: str, field: str) -> int | None:
+    """The ``field:`` line of a /proc file (a size in kB), in bytes (None when unreadable or absent)."""
+    with suppress(OSError, ValueError):
+        with open(path) as handle:
+            for line in handle:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) * 1024
+    return None
+
+
 def free_memory(device: torch.device) -> int | None:
     """Bytes available for new tensors on ``device`` (None when unknown)."""
     with suppress(OSError, ValueError, AttributeError, RuntimeError):
         if device.type == "cuda":
             return int(torch.cuda.mem_get_info(device)[0])
         if device.type == "cpu":
-            with open("/proc/meminfo") as handle:
-                for line in handle:
-                    if line.startswith("MemAvailable:"):
-                        return int(line.split()[1]) * 1024
-            return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
-    return None
-
-
-def _proc_status(field: str) -> int | None:
-    with suppress(OSError, ValueError):
-        with open("/proc/self/status") as handle:
-            for line in handle:
-                if line.startswith(field + ":"):
-                    return int(line.split()[1]) * 1024
+            available = _proc_bytes("/proc/meminfo", "MemAvailable")
+            return available if available is not None else os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     return None
 
 
@@ -96,19 +92,23 @@ def _reset_peak(device: torch.device) -> bool:
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
         return True
-    try:  # Linux: writing 5 resets the peak resident set size (VmHWM) to the current one
+    with suppress(OSError):  # Linux: writing 5 resets the peak resident set size (VmHWM) to the current one
         with open("/proc/self/clear_refs", "w") as handle:
             handle.write("5")
         return True
-    except OSError:
-        return False
+    return False
 
 
 def _memory(device: torch.device, peak: bool = False) -> int | None:
     """This process's memory in use on ``device`` now, or at its peak since :func:`_reset_peak`."""
     if device.type == "cuda":
         return int((torch.cuda.max_memory_allocated if peak else torch.cuda.memory_allocated)(device))
-    return _proc_status("VmHWM" if peak else "VmRSS")
+    return _proc_bytes("/proc/self/status", "VmHWM" if peak else "VmRSS")
+
+
+def _param_bytes(method: nn.Module) -> int:
+    """Bytes of the trained parameters (each gradient or optimizer slot takes as many again)."""
+    return sum(p.numel() * p.element_size() for p in method.parameters() if p.requires_grad)
 
 
 def gib(value: float) -> str:
@@ -126,24 +126,25 @@ def duration(seconds: float) -> str:
 # -- probe steps that leave the method as it was -----------------------------------------------
 @contextmanager
 def preserved(method: nn.Module, device: torch.device) -> Iterator[None]:
-    """Run probe steps on ``method`` and put back what a forward/backward pass changes: the buffers
-    of normalization layers (running statistics), the RNG states and the gradients. Queues and
-    memory banks change only in ``after_optimizer_step`` (the method contract), never here."""
-    stats = {
-        (id(m), name): buf.detach().clone()
+    """Run probe steps on ``method`` (in training mode) and put back what a forward/backward pass
+    changes: the buffers of normalization layers (running statistics), the RNG states, the gradients
+    and the mode. Queues and memory banks change only in ``after_optimizer_step`` (the method
+    contract), never here."""
+    stats = [
+        (m, name, buf.detach().clone())
         for m in method.modules() if hasattr(m, "running_mean")
-        for name, buf in m.named_buffers(recurse=False) if buf is not None
-    }
-    modules = {id(m): m for m in method.modules()}
+        for name, buf in m.named_buffers(recurse=False)
+    ]
     rng = torch.get_rng_state()
     cuda_rng = torch.cuda.get_rng_state(device) if device.type == "cuda" else None
     was_training = method.training
     try:
+        method.train()
         yield
     finally:
         with torch.no_grad():
-            for (module_id, name), value in stats.items():
-                getattr(modules[module_id], name).copy_(value)
+            for module, name, value in stats:
+                getattr(module, name).copy_(value)
         torch.set_rng_state(rng)
         if cuda_rng is not None:
             torch.cuda.set_rng_state(cuda_rng, device)
@@ -165,8 +166,7 @@ def _probe_batch(method: nn.Module, recipe: Any, batch: int, image_size: int, ch
 
 def _forward_backward(method: Any, views: list[torch.Tensor], index: torch.Tensor, amp: torch.dtype | None,
                       device: torch.device) -> None:
-    context = torch.autocast(device.type, dtype=amp) if amp else nullcontext()
-    with context:
+    with torch.autocast(device.type, dtype=amp) if amp else nullcontext():
         out = method(views, index if getattr(method, "needs_index", False) else None)
     out["loss"].backward()
 
@@ -175,28 +175,22 @@ def saved_bytes(method: Any, recipe: Any, batch: int, image_size: int, channels:
                 amp: torch.dtype | None = None, channels_last: bool = False) -> int:
     """Bytes autograd keeps for the backward pass of one step at ``batch`` (each storage once; the
     parameters, which exist anyway, not counted), with the views themselves."""
-    params = {p.untyped_storage().data_ptr() for p in method.parameters()}
-    kept: dict[int, int] = {}
+    kept: dict[int, int] = {}  # storage address -> bytes
 
     def pack(tensor: torch.Tensor) -> torch.Tensor:
-        storage = tensor.untyped_storage()
-        if storage.data_ptr() not in params:
-            kept[storage.data_ptr()] = storage.nbytes()
+        kept[tensor.untyped_storage().data_ptr()] = tensor.untyped_storage().nbytes()
         return tensor
 
     views, index = _probe_batch(method, recipe, batch, image_size, channels, device, channels_last=channels_last)
     for view in views:
-        kept[view.untyped_storage().data_ptr()] = view.untyped_storage().nbytes()
+        pack(view)
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
         _forward_backward(method, views, index, amp, device)
-    return sum(kept.values())
+    params = {p.untyped_storage().data_ptr() for p in method.parameters()}
+    return sum(size for address, size in kept.items() if address not in params)
 
 
-class ProbeError(RuntimeError):
-    """No probe step ran (the method refused every small batch): no memory prediction."""
-
-
-@dataclass
+@dataclasses.dataclass
 class MemoryModel:
     """New bytes one step allocates at batch ``B`` (per process): ``fixed + per_image * B``."""
 
@@ -213,26 +207,23 @@ def optimizer_slots(optimizer: str | None, momentum: float = 0.9) -> int:
 
 
 def memory_model(method: Any, recipe: Any, batch: int, image_size: int, channels: int, device: torch.device,
-                 amp: torch.dtype | None = None, slots: int = 1, channels_last: bool = False) -> MemoryModel:
+                 amp: torch.dtype | None = None, slots: int = 1, channels_last: bool = False) -> MemoryModel | None:
     """Fit :class:`MemoryModel` from probe steps at two small batches (the smallest pair the method
-    takes: MoCo's shuffled BN, say, needs at least two images per sub-batch)."""
-    failure: Exception | None = None
+    takes: MoCo's shuffled BN, say, needs at least two images per sub-batch); None when the method
+    refuses every probe batch of :data:`PROBE_SIZES` (no prediction)."""
     for sizes in PROBE_SIZES:
-        try:
-            with preserved(method, device):
-                method.train()
-                first, second = (saved_bytes(method, recipe, b, image_size, channels, device, amp, channels_last)
-                                 for b in sizes)
+        # An error is the method's own check of its batch: try larger probes.
+        with suppress(Exception), preserved(method, device):
+            first, second = (saved_bytes(method, recipe, b, image_size, channels, device, amp, channels_last)
+                             for b in sizes)
             break
-        except Exception as exc:  # noqa: BLE001 - the method's own check of its batch; try larger probes
-            failure = exc
     else:
-        raise ProbeError(f"no probe batch of {[s[1] for s in PROBE_SIZES]} images runs: {failure}")
+        return None
     slope = max(0.0, (second - first) / (sizes[1] - sizes[0]))
     intercept = max(0.0, first - slope * sizes[0])
-    params = sum(p.numel() * p.element_size() for p in method.parameters() if p.requires_grad)
     runtime = CPU_RUNTIME_BYTES if device.type == "cpu" else 0
-    return MemoryModel(fixed=runtime + params * (1 + slots) + intercept * TRANSIENT_FACTOR, per_image=slope * TRANSIENT_FACTOR)
+    return MemoryModel(fixed=runtime + _param_bytes(method) * (1 + slots) + intercept * TRANSIENT_FACTOR,
+                       per_image=slope * TRANSIENT_FACTOR)
 
 
 # -- 1. defaults that fit the machine ----------------------------------------------------------
@@ -241,25 +232,25 @@ def count_images(data: str, val_fraction: float | None) -> int | None:
     from ..data.folder import scan_folder
     from ..data.splits import split_layout
 
-    sizes = {"cifar10": 50_000, "cifar100": 50_000}
-    if data in sizes:
-        return sizes[data]
+    if data in ("cifar10", "cifar100"):
+        return 50_000
     path = Path(data).expanduser()
-    count = None
     try:
         if path.is_dir():
             layout = split_layout(path)
             count = len(scan_folder(layout["train"] if layout else path)[0])
-            if layout is None and val_fraction:
-                count = int(count * (1 - val_fraction))
+            if layout:  # a split of its own: no images held out of train
+                return count
         elif path.suffix == ".npz" and path.is_file():
             shape = _npz_shape(path, ("train_labels", "train_images", "images"))
-            count = shape[0] if shape else None
-            if count is not None and val_fraction:
-                count = int(count * (1 - val_fraction))
+            if shape is None:
+                return None
+            count = shape[0]
+        else:
+            return None
     except (OSError, SelfsupError, ValueError):
         return None
-    return count
+    return int(count * (1 - val_fraction)) if val_fraction else count
 
 
 def _npz_shape(path: Path, keys: tuple[str, ...]) -> tuple[int, ...] | None:
@@ -268,13 +259,14 @@ def _npz_shape(path: Path, keys: tuple[str, ...]) -> tuple[int, ...] | None:
 
     import numpy as np
 
+    fmt = np.lib.format
     with zipfile.ZipFile(path) as archive:
         names = set(archive.namelist())
         for key in keys:
             if f"{key}.npy" in names:
                 with archive.open(f"{key}.npy") as handle:
-                    version = np.lib.format.read_magic(handle)
-                    header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+                    version = fmt.read_magic(handle)
+                    header = fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0
                     return tuple(int(n) for n in header(handle)[0])
     return None
 
@@ -285,48 +277,40 @@ def _native_side(data: str) -> int:
     if data in ("cifar10", "cifar100"):
         return 32
     path = Path(data).expanduser()
+    shape = None
     if path.suffix == ".npz" and path.is_file():
-        try:
+        with suppress(OSError, ValueError):
             shape = _npz_shape(path, ("train_images", "images"))
-        except (OSError, ValueError):
-            shape = None
-        if shape and len(shape) >= 3:
-            return min(shape[1:3]) if shape[-1] in (1, 3) or len(shape) == 3 else min(shape[2:4])
+    if shape and len(shape) >= 3:
+        return min(shape[1:3]) if shape[-1] in (1, 3) or len(shape) == 3 else min(shape[2:4])
     return 64
 
 
 def _pow2_floor(value: int) -> int:
-    return 1 << max(0, int(math.floor(math.log2(max(1, value)))))
+    """The largest power of two up to ``value`` (1 below 2)."""
+    return 1 << (max(1, value).bit_length() - 1)
 
 
 def fit_defaults(config: Any) -> tuple[Any, str | None]:
     """(``config`` with ``backbone``/``image_size``/``batch_size`` chosen where unset, the line that
     says what was chosen and why; None when everything was set or the data source has its own
     defaults). An ``init`` also fills the backbone and its arguments from the weights."""
+    from . import distributed
     from .config import SOURCE_DEFAULTS
     from .hardware import pick_device
+    from .heldout import training_val_fraction
     from .init import init_architecture
 
+    chosen_backbone = bool(config.init) and config.backbone is None
     if config.init:
         backbone, args = init_architecture(config.backbone, config.backbone_args, config.init)
-        chosen_backbone = config.backbone is None
         config = dataclasses.replace(config, backbone=backbone, backbone_args=args)
-    else:
-        chosen_backbone = False
-    if config.data in SOURCE_DEFAULTS:
-        return config, None
-    unset = [name for name in ("backbone", "image_size", "batch_size") if getattr(config, name) is None]
-    if not unset:
+    if config.data in SOURCE_DEFAULTS or None not in (config.backbone, config.image_size, config.batch_size):
         return config, None
     device = pick_device(config.device)
-    is_folder = Path(config.data).expanduser().is_dir()
-    from .heldout import training_val_fraction
-
     count = count_images(config.data, training_val_fraction(config.data, config.val_data, config.val_fraction))
     if count is not None and config.train_subset:
         count = min(count, config.train_subset)
-    from . import distributed
-
     # Several processes each decide alone: only what every rank sees alike (not their free memory).
     available = free_memory(device) if distributed.requested_world_size() == 1 else None
     values: dict[str, Any] = {}
@@ -337,43 +321,43 @@ def fit_defaults(config: Any) -> tuple[Any, str | None]:
                        f"a CPU ({os.cpu_count()} cores), where a ResNet-18 step costs about 10x the tiny net's")
     elif chosen_backbone:
         reasons.append(f"the init weights ({config.backbone})")
-    if config.image_size is None and is_folder:
+    if config.image_size is None and Path(config.data).expanduser().is_dir():
         values["image_size"] = 64
     if config.batch_size is None:
-        cap = GPU_BATCH_CAP if device.type == "cuda" else CPU_BATCH_CAP
-        batch = cap
+        batch = GPU_BATCH_CAP if device.type == "cuda" else CPU_BATCH_CAP
         if count:
             batch = min(batch, max(2, _pow2_floor(count // MIN_STEPS_PER_EPOCH)))
             reasons.append(f"{count} training images (at least {MIN_STEPS_PER_EPOCH} steps per epoch)")
-        trial = dataclasses.replace(config, **values, batch_size=batch)
         if available is not None:
+            trial = dataclasses.replace(config, **values, batch_size=batch)
             batch = _fit_batch(trial, batch, available * DEFAULT_SHARE, count, device)
             reasons.append(f"{gib(available)} of memory available")
         values["batch_size"] = batch
     config = dataclasses.replace(config, **values)
-    chosen = ", ".join(f"{k.replace('_size', ' size')} {v}" for k, v in values.items())
-    if not chosen and not chosen_backbone:
+    # (what was chosen, the flag that overrides it)
+    chosen = [(f"{k.replace('_size', ' size')} {v}", k) for k, v in values.items()]
+    if chosen_backbone:
+        chosen.append((f"backbone {config.backbone} from --init", "backbone"))
+    if not chosen:
         return config, None
-    what = chosen + (f"{', ' if chosen else ''}backbone {config.backbone} from --init" if chosen_backbone else "")
-    flags = " / ".join(f"--{k.replace('_', '-')}" for k in list(values) + (["backbone"] if chosen_backbone else []))
-    line = f"selfsup: chose {what} for {'; '.join(reasons) or 'this source'}. Set {flags} to override."
-    return config, line
+    what = ", ".join(text for text, _ in chosen)
+    flags = " / ".join(f"--{k.replace('_', '-')}" for _, k in chosen)
+    return config, f"selfsup: chose {what} for {'; '.join(reasons) or 'this source'}. Set {flags} to override."
 
 
 def _fit_batch(config: Any, batch: int, budget: float, count: int | None, device: torch.device) -> int:
     """The largest power of two up to ``batch`` whose predicted step memory fits ``budget``."""
-    from .hardware import autocast_dtype
     from .build import build_method, build_recipe
+    from .hardware import autocast_dtype
 
     resolved = config.resolve()
     size = resolved.image_size or _native_side(resolved.data)
     method = build_method(resolved, size).to(device)
     method.bind_dataset(max(count or batch, batch))
     recipe = build_recipe(resolved, method, size)
-    try:
-        model = memory_model(method, recipe, batch, size, 3, device, autocast_dtype(resolved.precision, device),
-                             optimizer_slots(resolved.optimizer, resolved.momentum))
-    except ProbeError:  # keep the data's choice; the estimate before training measures it
+    model = memory_model(method, recipe, batch, size, 3, device, autocast_dtype(resolved.precision, device),
+                         optimizer_slots(resolved.optimizer, resolved.momentum))
+    if model is None:  # keep the data's choice; the estimate before training measures it
         return batch
     data_bytes = (count or 0) * size * size * 3
     while batch > 2 and model.new_bytes(batch) + data_bytes > budget:
@@ -404,21 +388,22 @@ def check_views_memory(recipe: Any, batch_size: int, device: torch.device) -> No
         )
 
 
-def check_memory(model: MemoryModel, batch: int, available: int | None, device: torch.device, what: str) -> None:
+def check_memory(model: MemoryModel | None, batch: int, available: int | None, device: torch.device,
+                 what: str) -> None:
     """Refuse ``batch`` when its predicted new bytes exceed :data:`REFUSE_SHARE` of ``available``,
-    naming the largest power-of-two batch that fits."""
-    if available is None:
-        return
-    need = model.new_bytes(batch)
-    if need <= REFUSE_SHARE * available:
+    naming the largest power-of-two batch that fits (nothing to check without a model or the
+    memory available)."""
+    if model is None or available is None or model.new_bytes(batch) <= REFUSE_SHARE * available:
         return
     fits = batch
     while fits > 1 and model.new_bytes(fits) > DEFAULT_SHARE * available:
-        fits = _pow2_floor(fits - 1) if fits & (fits - 1) == 0 else _pow2_floor(fits)
-    hint = (f"batch_size={fits} fits (predicted {gib(model.new_bytes(fits))})" if model.new_bytes(fits) <= REFUSE_SHARE * available
-            else "even a batch of 1 does not fit: use a smaller backbone (--backbone tiny) or image size")
+        fits = _pow2_floor(fits - 1)  # the next power of two below
+    if model.new_bytes(fits) <= REFUSE_SHARE * available:
+        hint = f"batch_size={fits} fits (predicted {gib(model.new_bytes(fits))})"
+    else:
+        hint = "even a batch of 1 does not fit: use a smaller backbone (--backbone tiny) or image size"
     raise ConfigError(
-        f"one training step would need about {gib(need)} of memory ({what}, batch {batch}: "
+        f"one training step would need about {gib(model.new_bytes(batch))} of memory ({what}, batch {batch}: "
         f"{gib(model.per_image)} per image + {gib(model.fixed)} for gradients, optimizer state and the rest), more than "
         f"the {gib(available)} available on {device}. Not starting; {hint}."
     )
@@ -430,32 +415,27 @@ def estimate_run(trainer: Any) -> str | None:
     probe alike)."""
     if trainer.world_size > 1 or trainer.state.step >= trainer.total_steps:
         return None
-    config, device, method = trainer.config, trainer.device, trainer.method
-    batch = config.batch_size
+    config, device, method, recipe = trainer.config, trainer.device, trainer.method, trainer.recipe
+    batch, size = config.batch_size, trainer.image_size
     images = trainer.train_set.images
     channels = int(images.shape[-1]) if images is not None else 3
     available = free_memory(device)
     amp, layout = trainer.compute.autocast_dtype, trainer.compute.channels_last
     slots = optimizer_slots(config.optimizer, config.momentum)
-    what = f"{config.method} / {config.backbone} at {trainer.image_size} px, {trainer.recipe.num_views} views"
-    try:
-        model = memory_model(method, trainer.recipe, batch, trainer.image_size, channels, device, amp, slots, layout)
-    except ProbeError:  # a method that refuses small batches: no prediction, the warm-up step still measures
-        model = None
-    if model is not None:
-        check_memory(model, batch, available, device, what)
+    what = f"{config.method} / {config.backbone} at {size} px, {recipe.num_views} views"
+    # None for a method that refuses small batches: no prediction, the warm-up step still measures.
+    model = memory_model(method, recipe, batch, size, channels, device, amp, slots, layout)
+    check_memory(model, batch, available, device, what)
     _say(f"selfsup: timing one warm-up step (batch {batch}, {what})...", trainer)
     measured = _reset_peak(device)
     with preserved(method, device):
-        method.train()
         # On a GPU the first step also pays for the CUDA context, cuDNN's algorithm search and the
         # kernels' loading: on an H200 (ResNet-18, batch 256) it took 1.0-1.6 s where training then ran
         # at ~0.04 s/step, so the estimate came out ~20x too long. There the second of two steps is
         # timed; on a CPU the first step is already representative and is the one timed.
         for _ in range(1 if device.type == "cpu" else 2):
             start = time.perf_counter()
-            views, index = _probe_batch(method, trainer.recipe, batch, trainer.image_size, channels, device, seed=1,
-                                        channels_last=layout)
+            views, index = _probe_batch(method, recipe, batch, size, channels, device, seed=1, channels_last=layout)
             _forward_backward(method, views, index, amp, device)
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
@@ -463,7 +443,7 @@ def estimate_run(trainer: Any) -> str | None:
             del views, index
     peak = _memory(device, peak=True) if measured else None
     if peak is not None:  # the warm-up takes no optimizer step: its state comes on top
-        peak += slots * sum(p.numel() * p.element_size() for p in method.parameters() if p.requires_grad)
+        peak += slots * _param_bytes(method)
     elif model is not None:
         peak = (_memory(device) or 0) + model.new_bytes(batch)
     left, per_epoch = trainer.total_steps - trainer.state.step, trainer.steps_per_epoch
@@ -486,12 +466,11 @@ def _eval_seconds(trainer: Any, step_seconds: float, batch: int) -> float:
     image and view (a forward without the backward, of one view)."""
     if not trainer.eval_sets or trainer.config.eval_every is None:
         return 0.0
-    images = sum(len(s) for s in trainer.eval_sets)
     every = trainer.config.eval_every
     epochs_left = max(0, trainer.config.epochs - trainer.state.epoch)
     count = 1 + (epochs_left // every if every else 0) + (1 if trainer.state.step == 0 else 0)
     per_image = step_seconds / max(1, batch * trainer.recipe.num_views) / 3
-    return count * images * per_image
+    return count * sum(len(s) for s in trainer.eval_sets) * per_image
 
 
 def _say(line: str, trainer: Any) -> None:

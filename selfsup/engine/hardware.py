@@ -14,6 +14,7 @@ Older CPUs emulate bf16 slowly, so ``precision: auto`` keeps float32 there.
 from __future__ import annotations
 
 import os
+from contextlib import suppress
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -45,31 +46,17 @@ NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
 def cpu_capabilities() -> dict[str, object]:
     """PyTorch's view of the CPU (``torch.cpu.get_capabilities``: instruction sets, physical cores);
     on builds without it, the flags of /proc/cpuinfo."""
-    get = getattr(torch.cpu, "get_capabilities", None)
-    if get is not None:
-        try:
-            return dict(get())
-        except (RuntimeError, AttributeError):
-            pass
-    flags: set[str] = set()
-    try:
-        with open("/proc/cpuinfo") as handle:
-            for line in handle:
-                if line.startswith("flags"):
-                    flags.update(line.split(":", 1)[1].split())
-                    break
-    except OSError:
-        pass
+    with suppress(RuntimeError, AttributeError):
+        return dict(torch.cpu.get_capabilities())
+    flags: list[str] = []
+    with suppress(OSError), open("/proc/cpuinfo") as handle:
+        flags = next((line.split(":", 1)[1].split() for line in handle if line.startswith("flags")), [])
     return {flag: True for flag in flags}
 
 
 def cpu_native_bf16() -> str | None:
     """The CPU feature that makes bf16 fast here (``avx512_bf16`` or ``amx_bf16``), or None."""
-    caps = cpu_capabilities()
-    for flag in NATIVE_BF16_FLAGS:
-        if caps.get(flag):
-            return flag
-    return None
+    return next((flag for flag in NATIVE_BF16_FLAGS if cpu_capabilities().get(flag)), None)
 
 
 @dataclass(frozen=True)
@@ -94,10 +81,8 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
 
 def choose_compute(precision: str, channels_last: bool, device: torch.device) -> Compute:
     """Resolve ``precision`` (auto | fp32 | bf16) and ``channels_last`` for ``device``."""
-    if precision == "bf16":
-        dtype, why = torch.bfloat16, "precision=bf16"
-    elif precision == "fp32":
-        dtype, why = None, "precision=fp32"
+    if precision in ("bf16", "fp32"):
+        dtype, why = torch.bfloat16 if precision == "bf16" else None, f"precision={precision}"
     elif device.type == "cuda":
         dtype, why = torch.bfloat16, "auto: CUDA"
     elif device.type == "cpu" and (flag := cpu_native_bf16()):
@@ -114,9 +99,7 @@ def choose_compute(precision: str, channels_last: bool, device: torch.device) ->
 def physical_cores() -> int:
     """Physical CPU cores (hyper-threads share one core's arithmetic units)."""
     cores = cpu_capabilities().get("num_physical_cores")
-    if isinstance(cores, int) and cores > 0:
-        return cores
-    return max(1, (os.cpu_count() or 2) // 2)
+    return cores if isinstance(cores, int) and cores > 0 else max(1, (os.cpu_count() or 2) // 2)
 
 
 def configure_cpu_threads() -> int:

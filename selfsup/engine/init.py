@@ -26,13 +26,13 @@ backbone, so the gain printed at the end is what the continued pretraining added
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import socket
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import nn
@@ -93,7 +93,10 @@ def _read(spec: str, path: Path) -> InitWeights:
                 tensors, metadata = read_export(path)
             except Exception:  # not a selfsup export: a plain state dict
                 return from_state_dict(_read_safetensors(path), str(path))
-            return _from_export(tensors, metadata, str(path))
+            if metadata.get("format") != "selfsup":
+                tensors = {f"body.{k}": v for k, v in tensors.items()}
+            args = _arch_args(json.loads(metadata["build_args"]))
+            return InitWeights(tensors, metadata.get("backbone", metadata["arch"]), args, f"{path} (selfsup export)")
         state = _load_torch_file(path)
         if isinstance(state, dict) and "config" in state and "model" in state:  # a selfsup checkpoint, moved
             return _from_run(path)
@@ -134,12 +137,10 @@ def load_method(path_or_run: str | Path, device: str | torch.device = "cpu", ran
 
 
 def _from_run(path: Path) -> InitWeights:
-    from ..nn.backbones import find_encoder
+    from ..nn.backbones import available_backbones, find_encoder
 
     method, config, _ = load_method(path, "cpu")
     backbone = find_encoder(method, None)
-    from ..nn.backbones import available_backbones
-
     name = config.backbone if backbone.arch == method.backbone.arch else backbone.arch
     if name not in available_backbones():
         raise ConfigError(
@@ -150,15 +151,6 @@ def _from_run(path: Path) -> InitWeights:
         {k: v.detach().clone() for k, v in backbone.state_dict().items()}, name, _arch_args(backbone.build_args),
         f"{path} ({config.method} run)",
     )
-
-
-def _from_export(tensors: dict[str, torch.Tensor], metadata: dict[str, str], source: str) -> InitWeights:
-    import json
-
-    if metadata.get("format") != "selfsup":
-        tensors = {f"body.{k}": v for k, v in tensors.items()}
-    args = _arch_args(json.loads(metadata["build_args"]))
-    return InitWeights(tensors, metadata.get("backbone", metadata["arch"]), args, f"{source} (selfsup export)")
 
 
 def _arch_args(build_args: dict[str, Any]) -> dict[str, Any]:
@@ -180,10 +172,6 @@ def _load_torch_file(path: Path) -> Any:
         ) from None
 
 
-def _read_torch_file(path: Path) -> dict[str, torch.Tensor]:
-    return _unwrap(_load_torch_file(path), path)
-
-
 def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
     from safetensors.torch import load_file
 
@@ -195,7 +183,7 @@ def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
 
 def _unwrap(state: Any, path: Path | str) -> dict[str, torch.Tensor]:
     for key in ("state_dict", "model"):
-        if isinstance(state, dict) and isinstance(state.get(key), dict) and not torch.is_tensor(state.get(key)):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]
     if not isinstance(state, dict) or not state or not all(torch.is_tensor(v) for v in state.values()):
         raise ConfigError(f"init '{path}' does not hold a state dict (a mapping of parameter names to tensors).")
@@ -232,21 +220,14 @@ def _resnet_arch(state: dict[str, torch.Tensor], source: str) -> tuple[str, dict
             "blocks); selfsup builds resnet18, resnet34 and resnet50."
         )
     conv1 = state["conv1.weight"]
-    args = {
+    # The width: the first of these present (a missing key is reported by the strict load).
+    width = next((int(state[k].shape[0]) for k in ("layer1.0.conv1.weight", "layer1.0.bn1.weight") if k in state), 64)
+    return f"resnet{depth}", {
         "in_channels": int(conv1.shape[1]),
         "cifar_stem": int(conv1.shape[-1]) == 3,
         "norm": "bn" if "bn1.running_mean" in state else "ln",
-        "width": _first_dim(state, ("layer1.0.conv1.weight", "layer1.0.bn1.weight"), 64),
+        "width": width,
     }
-    return f"resnet{depth}", args
-
-
-def _first_dim(state: dict[str, torch.Tensor], keys: tuple[str, ...], default: int) -> int:
-    """The first dimension of the first of ``keys`` present (a missing key is reported by the strict load)."""
-    for key in keys:
-        if key in state:
-            return int(state[key].shape[0])
-    return default
 
 
 def _vit_arch(state: dict[str, torch.Tensor], source: str) -> tuple[str, dict[str, Any]]:
@@ -262,13 +243,24 @@ def _vit_arch(state: dict[str, torch.Tensor], source: str) -> tuple[str, dict[st
 
 
 # -- names: torchvision:<model>.<WEIGHTS>, timm:<model> ------------------------------------------
-def _offline() -> bool:
-    return os.environ.get("SELFSUP_OFFLINE", "") not in ("", "0")
-
-
-def _no_download(spec: str, reason: str, save_line: str, cached: str | None = None) -> ConfigError:
+def _download(spec: str, save_line: str, fetch: Callable[[], Any], cached: str | None = None) -> Any:
+    """``fetch()``, with a default socket timeout so an unreachable server fails instead of hanging;
+    offline (``SELFSUP_OFFLINE``) or when it fails, an error that says how to give a file instead
+    (``save_line``: the Python that saves one; ``cached``: where it is looked for first)."""
+    reason = "SELFSUP_OFFLINE is set" if os.environ.get("SELFSUP_OFFLINE", "") not in ("", "0") else ""
+    if not reason:
+        old = socket.getdefaulttimeout()
+        socket.setdefaulttimeout(30)
+        try:
+            return fetch()
+        except ConfigError:
+            raise
+        except Exception as exc:
+            reason = f"{type(exc).__name__}: {str(exc)[:150]}"
+        finally:
+            socket.setdefaulttimeout(old)
     where = f" (or place it at {cached}, where it is looked for first)" if cached else ""
-    return ConfigError(
+    raise ConfigError(
         f"init '{spec}' needs a download, which is not possible here ({reason}). On a machine with internet, run\n"
         f"  python -c \"{save_line}\"\n"
         f"and copy the file here; then pass --init with its path{where}."
@@ -284,56 +276,33 @@ def _torchvision(spec: str) -> InitWeights:
     except (ValueError, KeyError):
         raise ConfigError(f"init '{spec}': torchvision has no model '{name}' with weights (e.g. resnet50).") from None
     try:
-        weights = enum[weights_name or "DEFAULT"] if weights_name != "DEFAULT" else enum.DEFAULT
+        weights = enum[weights_name or "DEFAULT"]
     except KeyError:
         raise ConfigError(f"init '{spec}': {name} has no weights '{weights_name}'; it has {', '.join(enum.__members__)}.") from None
     from urllib.parse import urlparse
 
     cached = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(urlparse(weights.url).path)
-    save = f"import torch, torchvision; torch.save(torchvision.models.{name}(weights='{weights.name}').state_dict(), '{name}.pth')"
     if cached.is_file():
-        return from_state_dict(_read_torch_file(cached), f"{spec} ({cached})")
-    if _offline():
-        raise _no_download(spec, "SELFSUP_OFFLINE is set", save, str(cached))
-    try:
-        with _timeout(30):
-            state = weights.get_state_dict(progress=False)
-    except Exception as exc:
-        raise _no_download(spec, f"{type(exc).__name__}: {str(exc)[:150]}", save, str(cached)) from None
-    return from_state_dict(state, spec)
+        return from_state_dict(_unwrap(_load_torch_file(cached), cached), f"{spec} ({cached})")
+    save = f"import torch, torchvision; torch.save(torchvision.models.{name}(weights='{weights.name}').state_dict(), '{name}.pth')"
+    return from_state_dict(_download(spec, save, lambda: weights.get_state_dict(progress=False), str(cached)), spec)
 
 
 def _timm(spec: str) -> InitWeights:
     name = spec.removeprefix("timm:")
     save = f"import torch, timm; torch.save(timm.create_model('{name}', pretrained=True).state_dict(), '{name.split('.')[0]}.pth')"
-    if _offline():
-        raise _no_download(spec, "SELFSUP_OFFLINE is set", save)
-    import timm
 
-    try:
-        with _timeout(30):
-            model = timm.create_model(name, pretrained=True)
-    except RuntimeError as exc:
-        if "Unknown model" in str(exc) or "unknown model" in str(exc).lower():
-            raise ConfigError(f"init '{spec}': timm has no model '{name}'.") from None
-        raise _no_download(spec, f"{type(exc).__name__}: {str(exc)[:150]}", save) from None
-    except Exception as exc:
-        raise _no_download(spec, f"{type(exc).__name__}: {str(exc)[:150]}", save) from None
-    return from_state_dict(model.state_dict(), spec)
+    def create() -> nn.Module:
+        import timm
 
+        try:
+            return timm.create_model(name, pretrained=True)
+        except RuntimeError as exc:
+            if "unknown model" in str(exc).lower():
+                raise ConfigError(f"init '{spec}': timm has no model '{name}'.") from None
+            raise
 
-class _timeout:
-    """A default socket timeout for a download, so an unreachable server fails instead of hanging."""
-
-    def __init__(self, seconds: float) -> None:
-        self.seconds, self.old = seconds, None
-
-    def __enter__(self) -> None:
-        self.old = socket.getdefaulttimeout()
-        socket.setdefaulttimeout(self.seconds)
-
-    def __exit__(self, *exc: object) -> None:
-        socket.setdefaulttimeout(self.old)
+    return from_state_dict(_download(spec, save, create).state_dict(), spec)
 
 
 # -- using them --------------------------------------------------------------------------------
@@ -368,24 +337,21 @@ def load_backbone_strict(backbone: nn.Module, weights: InitWeights, spec: str) -
     :class:`ConfigError` that lists them."""
     model_state = backbone.state_dict()
     state = _resample_pos_embed(weights.state, model_state)
-    missing = [k for k in model_state if k not in state]
-    unexpected = [k for k in state if k not in model_state]
-    shapes = [
-        f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in model_state.items()
-        if k in state and tuple(state[k].shape) != tuple(v.shape)
-    ]
-    if missing or unexpected or shapes:
-
-        def listed(items: list[str]) -> str:
-            return ", ".join(items[:12]) + (f" ... ({len(items)} in all)" if len(items) > 12 else "")
-
-        parts = [f"missing keys: {listed(missing)}" if missing else "",
-                 f"unexpected keys: {listed(unexpected)}" if unexpected else "",
-                 f"shapes that differ (file vs backbone): {listed(shapes)}" if shapes else ""]
+    problems = {
+        "missing keys": [k for k in model_state if k not in state],
+        "unexpected keys": [k for k in state if k not in model_state],
+        "shapes that differ (file vs backbone)": [
+            f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in model_state.items()
+            if k in state and tuple(state[k].shape) != tuple(v.shape)
+        ],
+    }
+    parts = [f"{what}: {', '.join(keys[:12])}" + (f" ... ({len(keys)} in all)" if len(keys) > 12 else "")
+             for what, keys in problems.items() if keys]
+    if parts:
         arch = getattr(backbone, "arch", type(backbone).__name__)
         raise ConfigError(
             f"init '{spec}' does not match the run's {arch} backbone ({weights.backbone} {weights.backbone_args} in the "
-            f"file): {'; '.join(p for p in parts if p)}. Keys are matched strictly; leave backbone and backbone_args "
+            f"file): {'; '.join(parts)}. Keys are matched strictly; leave backbone and backbone_args "
             "unset to take them from the file."
         )
     backbone.load_state_dict({k: v.to(model_state[k].dtype) for k, v in state.items()}, strict=True)
@@ -405,8 +371,3 @@ def apply_init(method: nn.Module, spec: str | None) -> None:
 
 def init_note(spec: str) -> str:
     return f"selfsup: starting the backbone from {read_init(spec).describe()}; the method's heads start fresh."
-
-
-def print_init_note(spec: str | None) -> None:
-    if spec:
-        print(init_note(spec), file=sys.stderr)
