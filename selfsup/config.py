@@ -27,18 +27,16 @@ class _SafeLoader(yaml.SafeLoader):
     wants a dot and a signed exponent (``1.0e-3``), so it would return the string '1e-3'."""
 
 
-# YAML 1.2's exponent-without-dot floats: read as numbers, and so quoted when they are strings.
-_FLOAT_WITHOUT_DOT = re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$")
-_SafeLoader.add_implicit_resolver("tag:yaml.org,2002:float", _FLOAT_WITHOUT_DOT, list("-+0123456789."))
-
-
 class _SafeDumper(yaml.SafeDumper):
     """PyYAML's safe dumper, quoting every string :class:`_SafeLoader` would read as a number:
     plain ``yaml.safe_dump`` writes the string '1e5' bare, which reads back as 100000.0 (a run
     named 1e5 could not be resumed from its config.yaml)."""
 
 
-_SafeDumper.add_implicit_resolver("tag:yaml.org,2002:float", _FLOAT_WITHOUT_DOT, list("-+0123456789."))
+# YAML 1.2's exponent-without-dot floats: read as numbers, and so quoted when they are strings.
+_FLOAT_WITHOUT_DOT = re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$")
+for _cls in (_SafeLoader, _SafeDumper):
+    _cls.add_implicit_resolver("tag:yaml.org,2002:float", _FLOAT_WITHOUT_DOT, list("-+0123456789."))
 
 
 def safe_load(text: str) -> Any:
@@ -75,10 +73,13 @@ def coerce(value: Any, tp: Any, where: str) -> Any:
         raise ConfigError(
             f"{where}: {value!r} is not a valid value; expected {' or '.join(_type_name(a) for a in args)}."
         )
-    if tp is type(None):
-        if value is None:
-            return None
-        raise ConfigError(f"{where}: expected null, got {value!r}.")
+    # Types taken as they are: (the type a value must have, what to call it in the message).
+    kind = dict if origin is dict else tp
+    plain = {type(None): "null", dict: "a mapping", bool: "true or false", str: "a string"}
+    if kind in plain:
+        if isinstance(value, kind):
+            return dict(value) if kind is dict else value
+        raise ConfigError(f"{where}: expected {plain[kind]}, got {value!r}.")
     if origin is typing.Literal:
         if value in args:
             return value
@@ -95,14 +96,6 @@ def coerce(value: Any, tp: Any, where: str) -> Any:
             items = [coerce(v, inner, f"{where}[{i}]") for i, v in enumerate(value)]
             return tuple(items) if origin is tuple else items
         raise ConfigError(f"{where}: expected a list, got {value!r}.")
-    if origin is dict:
-        if isinstance(value, dict):
-            return dict(value)
-        raise ConfigError(f"{where}: expected a mapping, got {value!r}.")
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        raise ConfigError(f"{where}: expected true or false, got {value!r}.")
     if tp is int:
         if isinstance(value, int) and not isinstance(value, bool):
             return value
@@ -115,10 +108,6 @@ def coerce(value: Any, tp: Any, where: str) -> Any:
                 raise ConfigError(f"{where}: expected a finite number, got {value!r}.")
             return float(value)
         raise ConfigError(f"{where}: expected a number, got {value!r}.")
-    if tp is str:
-        if isinstance(value, str):
-            return value
-        raise ConfigError(f"{where}: expected a string, got {value!r}.")
     if dataclasses.is_dataclass(tp):
         if isinstance(value, tp):
             return value
@@ -128,31 +117,22 @@ def coerce(value: Any, tp: Any, where: str) -> Any:
     return value
 
 
-def field_names(cls: type) -> list[str]:
-    return [f.name for f in dataclasses.fields(cls)]
-
-
-def unknown_key_error(key: str, valid: list[str], where: str) -> ConfigError:
-    return ConfigError(
-        f"unknown key '{key}' in {where}.{closest(key, valid)} Valid keys: {', '.join(valid)}."
-    )
-
-
 def from_dict(cls: type[T], data: dict[str, Any], where: str | None = None) -> T:
     """Build dataclass ``cls`` from ``data``; unknown keys and wrong types are errors."""
     where = where or cls.__name__
     if not isinstance(data, dict):
         raise ConfigError(f"{where}: expected a mapping of keys to values, got {data!r}.")
     hints = typing.get_type_hints(cls)
-    valid = field_names(cls)
+    valid = [f.name for f in dataclasses.fields(cls)]
     kwargs = {}
     for key, value in data.items():
         if key not in valid:
-            raise unknown_key_error(str(key), valid, where)
+            raise ConfigError(
+                f"unknown key '{key}' in {where}.{closest(str(key), valid)} Valid keys: {', '.join(valid)}."
+            )
         kwargs[key] = coerce(value, hints[key], f"{where}.{key}")
     obj = cls(**kwargs)
-    check = getattr(obj, "validate", None)
-    if callable(check):
+    if callable(check := getattr(obj, "validate", None)):
         check()
     return obj
 
@@ -168,14 +148,6 @@ def to_dict(obj: Any) -> Any:
     if isinstance(obj, Path):
         return str(obj)
     return obj
-
-
-def parse_value(text: str) -> Any:
-    """A command-line value as YAML: ``0.5`` -> float, ``true`` -> bool, ``[0.2,1]`` -> list."""
-    try:
-        return safe_load(text)
-    except yaml.YAMLError:
-        return text
 
 
 def parse_overrides(items: list[str]) -> dict[str, Any]:
@@ -194,7 +166,11 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
                 raise ConfigError(f"override '{item}' sets a field inside '{part}', which is a value.")
-        node[parts[-1]] = parse_value(text)
+        # the value as YAML: 0.5 -> float, true -> bool, [0.2,1] -> list; as it is if not YAML
+        try:
+            node[parts[-1]] = safe_load(text)
+        except yaml.YAMLError:
+            node[parts[-1]] = text
     return out
 
 

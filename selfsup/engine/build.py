@@ -40,20 +40,20 @@ def seed_everything(seed: int) -> None:
 def build_method(config: TrainConfig, image_size: int) -> Method:
     """The backbone and method of a resolved config, initialized from ``config.seed``."""
     seed_everything(config.seed)
-    # A value no check caught (a negative width, an argument the builder does not take) fails
-    # inside torch or the builder; it is still the config's fault, so say which part of it.
+    backbone = _built("backbone", config.backbone, config.backbone_args, create_backbone, image_size=image_size)
+    return _built("method", config.method, config.method_args, create, backbone=backbone)
+
+
+def _built(part: str, name: str, args: dict[str, Any], make: Any, **fixed: Any) -> Any:
+    """``make(name, **fixed, **args)``. A value no check caught (a negative width, an argument
+    the builder does not take) fails inside torch or the builder; it is still the config's fault,
+    so say which part of it."""
     try:
-        backbone = create_backbone(config.backbone, image_size=image_size, **config.backbone_args)
+        return make(name, **fixed, **args)
     except SelfsupError:
         raise
     except (TypeError, ValueError, RuntimeError) as exc:
-        raise ConfigError(f"backbone '{config.backbone}' cannot be built with backbone_args {config.backbone_args}: {exc}") from None
-    try:
-        return create(config.method, backbone=backbone, **config.method_args)
-    except SelfsupError:
-        raise
-    except (TypeError, ValueError, RuntimeError) as exc:
-        raise ConfigError(f"method '{config.method}' cannot be built with method_args {config.method_args}: {exc}") from None
+        raise ConfigError(f"{part} '{name}' cannot be built with {part}_args {args}: {exc}") from None
 
 
 def build_recipe(config: TrainConfig, method: Method, image_size: int) -> Recipe:
@@ -93,13 +93,11 @@ def build_schedules(config: TrainConfig, steps_per_epoch: int) -> Schedules:
     planned = config.epochs * steps_per_epoch
     peak = scaled_lr(config.lr, config.batch_size, config.lr_scaling)
     warmup = int(round(config.warmup_epochs * steps_per_epoch))
-    milestones: list[int] = []
+    milestones = [int(round(e * steps_per_epoch)) for e in config.lr_milestones] if config.lr_schedule == "step" else []
     if config.lr_schedule == "cosine":
         final = config.min_lr if config.min_lr is not None else peak * config.min_lr_ratio
         lr = cosine_schedule(peak, final, planned, warmup, config.warmup_start_lr)
     else:
-        if config.lr_schedule == "step":
-            milestones = [int(round(epoch * steps_per_epoch)) for epoch in config.lr_milestones]
         lr = step_schedule(peak, planned, milestones, config.lr_decay_factor, warmup, config.warmup_start_lr)
     changes = config.weight_decay_end is not None and config.weight_decay_end != config.weight_decay
     wd = cosine_schedule(config.weight_decay, config.weight_decay_end, planned) if changes else None
@@ -156,13 +154,10 @@ class Built:
             if "betas" in group:  # Adam(W): MAE's (0.9, 0.95) against the default (0.9, 0.999)
                 entry["betas"] = [float(b) for b in group["betas"]]
             groups.append(entry)
-        ema = None
-        if method.ema_pairs():
-            ema = {
-                name: float(method.ema_momentum(Progress(step, schedules.total_steps, self.steps_per_epoch)))
-                for name, step in points.items()
-            }
-        backbone_params = sum(p.numel() for p in method.backbone.parameters())
+        ema = {
+            name: float(method.ema_momentum(Progress(step, schedules.total_steps, self.steps_per_epoch)))
+            for name, step in points.items()
+        } if method.ema_pairs() else None
         return {
             "method": config.method,
             "backbone": config.backbone,
@@ -205,7 +200,7 @@ class Built:
             "parameters": {
                 "total": sum(p.numel() for p in method.parameters()),
                 "trainable": sum(p.numel() for p in method.parameters() if p.requires_grad),
-                "backbone": backbone_params,
+                "backbone": sum(p.numel() for p in method.backbone.parameters()),
             },
             "method_details": method.describe(),
         }
@@ -254,8 +249,7 @@ def training_set_shape(config: TrainConfig, assume_samples: int | None = None) -
     if assume_samples is not None:
         if assume_samples < 1:
             raise ConfigError(f"--assume-samples must be >= 1, got {assume_samples}.")
-        builtin = config.data in ("digits", "cifar10", "cifar100")
-        side = config.image_size or (32 if builtin else 64)
+        side = config.image_size or (32 if config.data in ("digits", "cifar10", "cifar100") else 64)
         samples = min(assume_samples, config.train_subset) if config.train_subset else assume_samples
         return samples, side, True
     try:
@@ -298,15 +292,12 @@ def format_description(d: dict[str, Any]) -> str:
     lines.append(f"weight decay {wd['constant']:g} (constant)" if "constant" in wd else f"weight decay cosine {wd['start']:g} -> {wd['end']:g}")
     if sched["grad_clip"]:
         lines.append(f"gradient norm clipped to {sched['grad_clip']:g}")
-    if d["ema_momentum"]:
-        m = d["ema_momentum"]
+    if m := d["ema_momentum"]:
         lines.append(f"EMA momentum {m['start']:.6g} at step 0, {m['end_of_warmup']:.6g} after the warmup, {m['end']:.6g} at the end")
     views = d["views"]
     extra = {k: v for k, v in views.items() if k not in ("name", "views")}
     lines.append(f"views: recipe {views['name']}{' ' + str(extra) if extra else ''}")
-    for v in views["views"]:
-        if not v["count"]:
-            continue
+    for v in (v for v in views["views"] if v["count"]):
         lines.append(
             f"  {v['count']} x {v['size']} px: crop scale {tuple(v['crop_scale'])}, flip {v['flip_p']}, jitter p {v['jitter_p']} "
             f"({v['brightness']}, {v['contrast']}, {v['saturation']}, {v['hue']}), grayscale {v['grayscale_p']}"

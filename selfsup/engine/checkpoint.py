@@ -39,6 +39,11 @@ def checkpoint_path(run_dir: str | Path, step: int) -> Path:
     return checkpoint_dir(run_dir) / f"step-{step:09d}.pt"
 
 
+def _digest(path: Path) -> Path:
+    """The ``.sha256`` file beside a checkpoint."""
+    return path.with_name(path.name + ".sha256")
+
+
 def _fsync_dir(directory: Path) -> None:
     with suppress(OSError):  # not every filesystem can sync a directory
         fd = os.open(directory, os.O_RDONLY)
@@ -76,7 +81,7 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
     payload = buffer.getvalue()
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        digest = path.with_name(path.name + ".sha256")
+        digest = _digest(path)
         # An older file of the same name (a step replayed after a resume) must not keep its old
         # checksum beside the new content: drop it first. A kill between the two renames leaves a
         # complete checkpoint without checksum, which still loads.
@@ -96,11 +101,9 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     if not path.is_file():
         raise CheckpointError(f"checkpoint '{path}' does not exist.")
     payload = path.read_bytes()
-    digest_file = path.with_name(path.name + ".sha256")
-    if digest_file.is_file():
-        expected = digest_file.read_text().strip()
-        if hashlib.sha256(payload).hexdigest() != expected:
-            raise CheckpointError(f"checkpoint '{path}' is corrupted (its SHA-256 does not match '{digest_file.name}').")
+    digest_file = _digest(path)
+    if digest_file.is_file() and hashlib.sha256(payload).hexdigest() != digest_file.read_text().strip():
+        raise CheckpointError(f"checkpoint '{path}' is corrupted (its SHA-256 does not match '{digest_file.name}').")
     try:
         state = torch.load(io.BytesIO(payload), map_location=map_location, weights_only=True)
     except Exception as exc:
@@ -128,7 +131,7 @@ def list_checkpoints(run_dir: str | Path) -> list[Path]:
     if not directory.is_dir():
         return []
     found = [p for p in directory.iterdir() if _NAME.match(p.name) and not p.is_dir()]
-    return sorted(found, key=lambda p: int(_NAME.match(p.name).group(1)), reverse=True)
+    return sorted(found, key=checkpoint_step, reverse=True)
 
 
 def latest_good_checkpoint(
@@ -142,19 +145,17 @@ def latest_good_checkpoint(
     Raises :class:`CheckpointError` when checkpoints exist but none loads: resuming from scratch
     then would silently throw the run away.
     """
-    damaged: list[str] = []
+    damaged: list[tuple[Path, str]] = []  # the newer checkpoints that do not load, and why
     for path in list_checkpoints(run_dir):
         try:
             state = load_checkpoint(path, map_location)
         except CheckpointError as exc:
-            damaged.append(str(exc))
+            damaged.append((path, str(exc)))
             print(f"selfsup: {exc} Falling back to the previous checkpoint.", file=sys.stderr)
             continue
         if quarantine:  # only once a good one is found: with none, nothing is moved
-            for newer in list_checkpoints(run_dir):
-                if checkpoint_step(newer) <= checkpoint_step(path):
-                    break
-                for victim in (newer, newer.with_name(newer.name + ".sha256")):
+            for newer, _ in damaged:
+                for victim in (newer, _digest(newer)):
                     with suppress(OSError):
                         victim.rename(victim.with_name(victim.name + QUARANTINE_SUFFIX))
                 print(f"selfsup: renamed the damaged {newer.name} to {newer.name}{QUARANTINE_SUFFIX}.", file=sys.stderr)
@@ -162,7 +163,7 @@ def latest_good_checkpoint(
     if damaged:
         raise CheckpointError(
             f"none of the {len(damaged)} checkpoint(s) in '{checkpoint_dir(run_dir)}' can be loaded "
-            f"(newest: {damaged[0]}). Restore a good copy there, or start a new run under another --name."
+            f"(newest: {damaged[0][1]}). Restore a good copy there, or start a new run under another --name."
         )
     return None
 
@@ -171,9 +172,7 @@ def remove_stale_temp_files(run_dir: str | Path) -> None:
     """Delete temporary files left by a process killed mid-write (only while holding the run's
     lock: then no live process is writing them)."""
     for directory in (Path(run_dir), checkpoint_dir(run_dir)):
-        if not directory.is_dir():
-            continue
-        for path in directory.iterdir():
+        for path in directory.iterdir() if directory.is_dir() else ():
             if _TMP.match(path.name) and path.is_file():
                 with suppress(OSError):
                     path.unlink()
@@ -181,7 +180,7 @@ def remove_stale_temp_files(run_dir: str | Path) -> None:
 
 def prune_checkpoints(run_dir: str | Path, keep: int) -> None:
     for path in list_checkpoints(run_dir)[keep:]:
-        for victim in (path, path.with_name(path.name + ".sha256")):
+        for victim in (path, _digest(path)):
             with suppress(OSError):
                 victim.unlink()
 
@@ -192,8 +191,7 @@ def resolve_checkpoint(path_or_run: str | Path) -> Path:
     if path.is_file():
         return path
     if path.is_dir():
-        found = list_checkpoints(path)
-        if found:
+        if found := list_checkpoints(path):
             return found[0]
         raise CheckpointError(f"run '{path}' has no checkpoint yet (looked in {checkpoint_dir(path)}).")
     raise CheckpointError(f"'{path}' is neither a checkpoint file nor a run directory.")

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from ..config import deep_merge, from_dict, load_yaml, parse_overrides, to_dict
-from ..errors import ConfigError
+from ..errors import ConfigError, closest
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 
@@ -138,8 +138,7 @@ class TrainConfig:
         method = dict(self.method_defaults())
         method_args = method.pop("method_args", {})
         method_backbone_args = method.pop("backbone_args", {})
-        unknown = [k for k in method if k not in values]
-        if unknown:
+        if unknown := [k for k in method if k not in values]:
             raise ConfigError(f"method '{self.method}' gives defaults for unknown config fields {unknown}.")
         if self.weight_decay is not None and self.weight_decay_end is None:
             # A weight decay set by the config is constant unless its end is set too: the
@@ -158,26 +157,17 @@ class TrainConfig:
         values["backbone_args"] = {**method_backbone_args, **get(self.method).backbone_defaults, **values["backbone_args"]}
         if values["warmup_epochs"] is None:
             values["warmup_epochs"] = min(10.0, values["epochs"] / 10)
-        resolved = from_dict(TrainConfig, values, "config")
-        resolved.validate()
-        return resolved
+        return from_dict(TrainConfig, values, "config")  # which validates it
 
     def validate(self) -> None:
-        def positive(name: str, allow_none: bool = True) -> None:
+        positive = (
+            "epochs", "batch_size", "max_steps", "train_subset", "test_subset", "image_size", "max_image_pixels", "lr"
+        )
+        nonnegative = ("weight_decay", "weight_decay_end", "warmup_epochs", "min_lr_ratio", "min_lr", "warmup_start_lr")
+        for name in positive + nonnegative:  # None: unset, allowed
             value = getattr(self, name)
-            if value is None and allow_none:
-                return
-            if value is None or value <= 0:
-                raise ConfigError(f"{name} must be > 0, got {value}.")
-
-        for name in ("epochs", "batch_size", "max_steps", "train_subset", "test_subset", "image_size", "max_image_pixels"):
-            positive(name)
-        if self.lr is not None and self.lr <= 0:
-            raise ConfigError(f"lr must be > 0, got {self.lr}.")
-        for name in ("weight_decay", "weight_decay_end", "warmup_epochs", "min_lr_ratio", "min_lr", "warmup_start_lr"):
-            value = getattr(self, name)
-            if value is not None and value < 0:
-                raise ConfigError(f"{name} must be >= 0, got {value}.")
+            if value is not None and (value <= 0 if name in positive else value < 0):
+                raise ConfigError(f"{name} must be {'>' if name in positive else '>='} 0, got {value}.")
         if self.lars_eta is not None and self.lars_eta <= 0:
             raise ConfigError(f"lars_eta must be > 0, got {self.lars_eta} (LARS: 0.001; solo-learn's CIFAR recipes: 0.02).")
         if self.lr_decay_factor is not None and not 0 < self.lr_decay_factor <= 1:
@@ -218,15 +208,10 @@ class TrainConfig:
 
 def resolve_config_path(name_or_path: str) -> Path:
     """A YAML path, or the name of a bundled config (``simclr_cifar10`` -> configs/simclr_cifar10.yaml)."""
-    path = Path(name_or_path)
-    if path.is_file():
-        return path
-    bundled = CONFIG_DIR / f"{name_or_path.removesuffix('.yaml')}.yaml"
-    if bundled.is_file():
-        return bundled
+    for path in (Path(name_or_path), CONFIG_DIR / f"{name_or_path.removesuffix('.yaml')}.yaml"):
+        if path.is_file():
+            return path
     names = sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
-    from ..errors import closest
-
     raise ConfigError(
         f"config '{name_or_path}' is neither a file nor a bundled config.{closest(name_or_path, names)} "
         f"Bundled: {', '.join(names)}."

@@ -145,17 +145,21 @@ def average_gradients(parameters: Iterable[nn.Parameter]) -> None:
     _average_in_place([p.grad for p in parameters if p.grad is not None])
 
 
+def _all_gather(tensor: torch.Tensor, dim: int = 0) -> torch.Tensor:
+    """Every rank's ``tensor`` (same shape on all ranks) concatenated along ``dim``, in rank order."""
+    parts = [torch.empty_like(tensor) for _ in range(dist.get_world_size())]
+    dist.all_gather(parts, tensor.contiguous())
+    return torch.cat(parts, dim=dim)
+
+
 def gather_rows(part: torch.Tensor, total: int) -> torch.Tensor:
     """Concatenate the ranks' consecutive row blocks of a ``total``-row tensor (the blocks of
     :func:`shard_bounds`, padded to equal size for the all-gather)."""
     if not is_distributed():
         return part
-    per = -(-total // dist.get_world_size())
-    padded = part.new_zeros((per, *part.shape[1:]))
+    padded = part.new_zeros((-(-total // dist.get_world_size()), *part.shape[1:]))
     padded[: part.shape[0]] = part
-    parts = [torch.empty_like(padded) for _ in range(dist.get_world_size())]
-    dist.all_gather(parts, padded.contiguous())
-    return torch.cat(parts)[:total]
+    return _all_gather(padded)[:total]
 
 
 def gather_columns(*tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
@@ -163,12 +167,7 @@ def gather_columns(*tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
     the kNN's merge of per-shard neighbour candidates (``(queries, k)`` -> ``(queries, W k)``)."""
     if not is_distributed():
         return tensors
-    out = []
-    for tensor in tensors:
-        parts = [torch.empty_like(tensor) for _ in range(dist.get_world_size())]
-        dist.all_gather(parts, tensor.contiguous())
-        out.append(torch.cat(parts, dim=1))
-    return tuple(out)
+    return tuple(_all_gather(tensor, dim=1) for tensor in tensors)
 
 
 def shard_bounds(total: int, rank: int, world: int) -> tuple[int, int]:
@@ -221,9 +220,14 @@ class GlobalBatchNorm(_BatchNorm):
         return y.to(x.dtype)
 
 
+def _is_local(module: nn.Module) -> bool:
+    """Whether ``module`` is batch norm over this process's batch only (not synchronized)."""
+    return isinstance(module, _BatchNorm) and not isinstance(module, (nn.SyncBatchNorm, GlobalBatchNorm))
+
+
 def _replace_batchnorms(module: nn.Module, make: Any) -> nn.Module:
     """Replace every ``_BatchNorm`` below ``module`` (and ``module`` itself) by ``make(bn)``."""
-    if isinstance(module, _BatchNorm) and not isinstance(module, (nn.SyncBatchNorm, GlobalBatchNorm)):
+    if _is_local(module):
         return make(module)
     for name, child in module.named_children():
         replaced = _replace_batchnorms(child, make)
@@ -232,18 +236,18 @@ def _replace_batchnorms(module: nn.Module, make: Any) -> nn.Module:
     return module
 
 
+def _adopt(out: nn.Module, bn: _BatchNorm) -> nn.Module:
+    """``out`` holding ``bn``'s Parameter and buffer objects (so optimizers and state-dict keys are
+    unaffected), in ``bn``'s train/eval mode."""
+    for name in ("weight", "bias"):  # None: no affine, or a scale without a shift
+        out.register_parameter(name, getattr(bn, name))
+    for name in ("running_mean", "running_var", "num_batches_tracked"):
+        out.register_buffer(name, getattr(bn, name))
+    return out.train(bn.training)
+
+
 def _global_from(bn: _BatchNorm) -> GlobalBatchNorm:
-    out = GlobalBatchNorm(bn.num_features, bn.eps, bn.momentum, bn.affine, bn.track_running_stats)
-    # The same Parameter and buffer objects: optimizers and state-dict keys are unaffected.
-    if bn.affine:
-        out.weight = bn.weight
-        if bn.bias is None:
-            out.register_parameter("bias", None)
-        else:
-            out.bias = bn.bias
-    out.running_mean, out.running_var, out.num_batches_tracked = bn.running_mean, bn.running_var, bn.num_batches_tracked
-    out.train(bn.training)
-    return out
+    return _adopt(GlobalBatchNorm(bn.num_features, bn.eps, bn.momentum, bn.affine, bn.track_running_stats), bn)
 
 
 def convert_sync_batchnorm(module: nn.Module, device: torch.device) -> nn.Module:
@@ -259,11 +263,7 @@ def convert_sync_batchnorm(module: nn.Module, device: torch.device) -> nn.Module
 
 def local_batchnorms(module: nn.Module) -> list[_BatchNorm]:
     """BN layers that normalize with this process's batch only (not synchronized)."""
-    return [
-        m for m in module.modules()
-        if isinstance(m, _BatchNorm) and not isinstance(m, (nn.SyncBatchNorm, GlobalBatchNorm))
-        and m.track_running_stats and m.running_mean is not None
-    ]
+    return [m for m in module.modules() if _is_local(m) and m.track_running_stats and m.running_mean is not None]
 
 
 @torch.no_grad()
@@ -296,11 +296,7 @@ class PerProcessBatchNorm(nn.Module):
         self.world_size = world_size
         self.num_features, self.eps, self.momentum = bn.num_features, bn.eps, bn.momentum
         self.affine, self.track_running_stats = bn.affine, bn.track_running_stats
-        self.register_parameter("weight", bn.weight)
-        self.register_parameter("bias", bn.bias)
-        for name in ("running_mean", "running_var", "num_batches_tracked"):
-            self.register_buffer(name, getattr(bn, name))
-        self.train(bn.training)
+        _adopt(self, bn)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         tracking = self.track_running_stats and self.running_mean is not None

@@ -89,61 +89,39 @@ def separate_bank(bank: ImageSet, queries: ImageSet, self_probe: bool) -> ImageS
     return kept
 
 
-def probe_datasets(
-    data: str,
-    test_data: str | None,
-    val_fraction: float | None,
-    *,
-    data_dir: str | None = None,
-    image_size: int | None = None,
-    seed: int = 0,
-    train_subset: int | None = None,
-    test_subset: int | None = None,
-    explicit_test: bool = False,
-    bank: ImageSet | None = None,
-) -> tuple[ImageSet, ImageSet]:
-    """(bank, queries) for a probe of ``data`` scored on ``test_data`` (None: ``data``'s held-out
-    images). ``explicit_test``: the user named ``test_data`` (a self-probe is then allowed, with a
-    warning). ``bank``: the training set already loaded from ``data`` (the trainer's)."""
-    common = dict(data_dir=data_dir, image_size=image_size, seed=seed)
-    query_source = test_data or data
-    separate = not same_source(query_source, data)
-    split_by = None if separate else (val_fraction or None)
-    self_probe = not separate and not split_by and not has_own_split(data)
-    if self_probe and not explicit_test:
-        raise DataError(
-            f"'{data}' has no images held out from the bank (val_fraction 0 and no split of its own). Give separate "
-            "labelled evaluation data (--val-data for training, --test-data for `selfsup eval`), or a val_fraction "
-            "> 0; to score the bank's own images anyway, name the same source as --test-data."
-        )
-    if bank is None:
-        bank = load_dataset(data, "train", limit=train_subset, val_fraction=split_by, **common)
-    queries = load_dataset(query_source, "test", limit=test_subset, val_fraction=split_by, **common)
-    if not bank.labelled or not queries.labelled:
-        which = data if not bank.labelled else query_source
-        raise DataError(f"'{which}' has no labels to evaluate with; give a labelled source (class subfolders or labels).")
-    if self_probe:
-        _warn(f"self-probe: the queries are the bank's own images ({bank.describe()}); each finds itself, so the "
-              "accuracy is optimistic. Hold images out (val_fraction) or give separate evaluation data for an honest figure.")
-    return separate_bank(bank, queries, self_probe), queries
-
-
 def eval_datasets(
     config: TrainConfig, data: str | None = None, data_dir: str | None = None, image_size: int | None = None,
     test_subset: int | None = None, train_subset: int | None = None, test_data: str | None = None,
     val_fraction: float | None = None, bank: ImageSet | None = None,
 ) -> tuple[ImageSet, ImageSet]:
-    """(bank, queries) of a run's probe (:func:`probe_datasets`): by default the run's data and
-    the images it held out (or its ``val_data``, what the run is monitored on); ``data`` /
-    ``test_data`` override them. ``bank``: the training set already loaded (the trainer's)."""
+    """(bank, queries) of a run's probe: by default the run's data and the images it held out (or
+    its ``val_data``, what the run is monitored on); ``data`` / ``test_data`` override them.
+    Queries named by the caller (``test_data``) may be the bank's own images (a self-probe, with a
+    warning). ``bank``: the training set already loaded (the trainer's)."""
     source = data or config.data
     if test_data is None and data is None and config.val_data is not None:
         test_data = config.val_data
-    fraction = config.val_fraction if val_fraction is None else val_fraction
-    return probe_datasets(
-        source, test_data, fraction, data_dir=data_dir or config.data_dir, image_size=image_size, seed=config.seed,
-        train_subset=train_subset, test_subset=test_subset, explicit_test=test_data is not None, bank=bank,
-    )
+    common = dict(data_dir=data_dir or config.data_dir, image_size=image_size, seed=config.seed)
+    query_source = test_data or source
+    separate = not same_source(query_source, source)
+    split_by = None if separate else ((config.val_fraction if val_fraction is None else val_fraction) or None)
+    self_probe = not separate and not split_by and not has_own_split(source)
+    if self_probe and test_data is None:
+        raise DataError(
+            f"'{source}' has no images held out from the bank (val_fraction 0 and no split of its own). Give separate "
+            "labelled evaluation data (--val-data for training, --test-data for `selfsup eval`), or a val_fraction "
+            "> 0; to score the bank's own images anyway, name the same source as --test-data."
+        )
+    if bank is None:
+        bank = load_dataset(source, "train", limit=train_subset, val_fraction=split_by, **common)
+    queries = load_dataset(query_source, "test", limit=test_subset, val_fraction=split_by, **common)
+    if not bank.labelled or not queries.labelled:
+        which = source if not bank.labelled else query_source
+        raise DataError(f"'{which}' has no labels to evaluate with; give a labelled source (class subfolders or labels).")
+    if self_probe:
+        _warn(f"self-probe: the queries are the bank's own images ({bank.describe()}); each finds itself, so the "
+              "accuracy is optimistic. Hold images out (val_fraction) or give separate evaluation data for an honest figure.")
+    return separate_bank(bank, queries, self_probe), queries
 
 
 def monitor_sets(config: TrainConfig, train: ImageSet) -> tuple[ImageSet, ImageSet] | None:

@@ -41,11 +41,9 @@ def pid_alive(pid: int) -> bool:
         return False
     try:
         os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
     except PermissionError:  # exists, owned by someone else
         return True
-    except OSError:
+    except OSError:  # ProcessLookupError: no such process
         return False
     return True
 
@@ -96,9 +94,7 @@ class RunLock:
                     raise
         # No flock here: trust the pid in the file.
         holder = read_holder(self.path)
-        if not holder.get("pid"):
-            return True
-        if holder["pid"] == str(os.getpid()) and holder.get("host") == socket.gethostname():
+        if not holder.get("pid") or (holder["pid"] == str(os.getpid()) and holder.get("host") == socket.gethostname()):
             return True
         return _holder_dead(holder)  # another host's process cannot be checked: treat it as live
 
@@ -124,12 +120,9 @@ class RunLock:
                 )
             # The previous holder may have removed the file between our open and our lock: then we
             # locked a deleted file, and must lock the one now at the path instead.
-            try:
-                same = os.path.samestat(os.fstat(fd), os.stat(self.path))
-            except FileNotFoundError:
-                same = False
-            if same:
-                break
+            with suppress(FileNotFoundError):
+                if os.path.samestat(os.fstat(fd), os.stat(self.path)):
+                    break
             os.close(fd)
         previous = read_holder(self.path)
         if previous.get("pid") and previous.get("pid") != str(os.getpid()):
@@ -144,12 +137,11 @@ class RunLock:
         self._fd = fd
 
     def release(self) -> None:
-        if self._fd is None:
-            return
         fd, self._fd = self._fd, None
-        with suppress(OSError):
-            self.path.unlink()  # while still locked, so nobody can lock this file and think it current
-        os.close(fd)
+        if fd is not None:
+            with suppress(OSError):
+                self.path.unlink()  # while still locked, so nobody can lock this file and think it current
+            os.close(fd)
 
     def __del__(self) -> None:  # a Trainer dropped without fit(): free the run directory
         with suppress(Exception):

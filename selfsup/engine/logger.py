@@ -10,8 +10,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ..runs import read_jsonl, read_metrics  # noqa: F401 (moved to selfsup.runs; importable here too)
-
 
 class MetricsLogger:
     def __init__(self, run_dir: Path, enabled: bool = True, tensorboard: bool = True) -> None:
@@ -64,10 +62,7 @@ class Progress:
         self._bar.update(steps)
 
     def write(self, text: str) -> None:
-        if self._bar is not None:
-            self._bar.write(text, file=sys.stderr)
-        else:
-            print(text, file=sys.stderr)
+        (print if self._bar is None else self._bar.write)(text, file=sys.stderr)  # tqdm's keeps the bar whole
 
     def close(self) -> None:
         if self._bar is not None:

@@ -85,16 +85,6 @@ class LARS(torch.optim.Optimizer):
         return loss
 
 
-def split_decay(named_params: Iterable[tuple[str, torch.nn.Parameter]]) -> tuple[list, list]:
-    """Weights of linear and conv layers vs biases and normalization parameters (ndim <= 1)."""
-    decay, no_decay = [], []
-    for _, param in named_params:
-        if not param.requires_grad:
-            continue
-        (no_decay if param.ndim <= 1 else decay).append(param)
-    return decay, no_decay
-
-
 def build_optimizer(
     groups: list[dict[str, Any]], name: str, lr: float, weight_decay: float, momentum: float = 0.9,
     betas: tuple[float, float] = (0.9, 0.999), exclude_bias_norm: bool | None = None, lars_eta: float = 0.001,
@@ -108,40 +98,36 @@ def build_optimizer(
     MoCo and SimSiam do, and so do SwAV's LARC and MoCo v3's ViT AdamW. Every group records its
     ``base_lr`` and ``base_wd`` for the schedules. ``lars_*``: see :class:`LARS`.
     """
+    if name not in ("sgd", "lars", "adamw"):
+        raise ConfigError(f"unknown optimizer '{name}'; use sgd, lars or adamw.")
     if exclude_bias_norm is None:
         exclude_bias_norm = name in ("lars", "adamw")
     torch_groups = []
     for group in groups:
         options = {k: v for k, v in group.items() if k != "params"}
         params = [p for p in group["params"] if p.requires_grad]
-        if exclude_bias_norm:
-            decay = [p for p in params if p.ndim > 1]
-            no_decay = [p for p in params if p.ndim <= 1]
-            if decay:
-                torch_groups.append({"params": decay, **options, "weight_decay": weight_decay, "lars_exclude": False})
-            if no_decay:
-                torch_groups.append({"params": no_decay, **options, "weight_decay": 0.0, "lars_exclude": True})
-        elif params:
-            torch_groups.append({"params": params, **options, "weight_decay": weight_decay, "lars_exclude": False})
+        # (parameters, weight decay, LARS-excluded)
+        parts = [([p for p in params if p.ndim > 1 or not exclude_bias_norm], weight_decay, False)]
+        if exclude_bias_norm:  # biases and norms apart: no weight decay, no LARS ratio
+            parts.append(([p for p in params if p.ndim <= 1], 0.0, True))
+        for part, decay, excluded in parts:
+            if part:
+                torch_groups.append({"params": part, **options, "weight_decay": decay, "lars_exclude": excluded})
     for group in torch_groups:
         group.setdefault("fixed_lr", False)
         group["base_lr"] = lr
         group["base_wd"] = group["weight_decay"]
         group["lr"] = lr
+        if name != "lars":
+            group.pop("lars_exclude")
     if name == "sgd":
-        for group in torch_groups:
-            group.pop("lars_exclude", None)
         return torch.optim.SGD(torch_groups, lr=lr, momentum=momentum, weight_decay=weight_decay)
-    if name == "lars":
-        return LARS(
-            torch_groups, lr=lr, momentum=momentum, weight_decay=weight_decay, eta=lars_eta, clip_lr=lars_clip_lr,
-            trust=lars_trust,
-        )
     if name == "adamw":
-        for group in torch_groups:
-            group.pop("lars_exclude", None)
         return torch.optim.AdamW(torch_groups, lr=lr, weight_decay=weight_decay, betas=betas)
-    raise ConfigError(f"unknown optimizer '{name}'; use sgd, lars or adamw.")
+    return LARS(
+        torch_groups, lr=lr, momentum=momentum, weight_decay=weight_decay, eta=lars_eta, clip_lr=lars_clip_lr,
+        trust=lars_trust,
+    )
 
 
 def scaled_lr(base_lr: float, batch_size: int, rule: str = "linear") -> float:
@@ -156,16 +142,19 @@ def scaled_lr(base_lr: float, batch_size: int, rule: str = "linear") -> float:
     raise ConfigError(f"unknown lr_scaling '{rule}'; use linear, sqrt or none.")
 
 
+def _warmup(start: float, peak: float, steps: int) -> np.ndarray:
+    """The linear warmup's values: ``steps`` of them, from ``start`` up to (not including) ``peak``."""
+    return np.linspace(start, peak, steps, endpoint=False) if steps else np.zeros(0)
+
+
 def cosine_schedule(
     peak: float, final: float, total_steps: int, warmup_steps: int = 0, warmup_start: float = 0.0
 ) -> np.ndarray:
     """Per-step values: linear warmup from ``warmup_start`` to ``peak``, then half-cosine to ``final``."""
     warmup_steps = min(warmup_steps, total_steps)
-    warmup = np.linspace(warmup_start, peak, warmup_steps, endpoint=False) if warmup_steps else np.zeros(0)
     rest = total_steps - warmup_steps
-    t = np.arange(rest)
-    cosine = final + 0.5 * (peak - final) * (1 + np.cos(np.pi * t / max(rest, 1)))
-    return np.concatenate((warmup, cosine)).astype(np.float64)
+    cosine = final + 0.5 * (peak - final) * (1 + np.cos(np.pi * np.arange(rest) / max(rest, 1)))
+    return np.concatenate((_warmup(warmup_start, peak, warmup_steps), cosine)).astype(np.float64)
 
 
 def step_schedule(
@@ -175,12 +164,11 @@ def step_schedule(
     """Per-step values: optional linear warmup to ``peak``, then ``peak * factor^k`` after the k-th
     milestone step (MoCo v1 ``--schedule 120 160``, InstDisc, CMC ``--lr_decay_epochs``: x0.1)."""
     warmup_steps = min(warmup_steps, total_steps)
-    warmup = np.linspace(warmup_start, peak, warmup_steps, endpoint=False) if warmup_steps else np.zeros(0)
     steps = np.arange(warmup_steps, total_steps)
     drops = np.zeros(len(steps))
     for milestone in milestones:
         drops += steps >= milestone
-    return np.concatenate((warmup, peak * factor**drops)).astype(np.float64)
+    return np.concatenate((_warmup(warmup_start, peak, warmup_steps), peak * factor**drops)).astype(np.float64)
 
 
 def apply_schedule(optimizer: torch.optim.Optimizer, lr: float, wd: float | None, base_wd: float | None = None) -> None:

@@ -65,7 +65,9 @@ class StopSignals:
             with suppress(ValueError, OSError):
                 self._previous[signum] = signal.signal(signum, self._handler)
         if self._sockets is not None:
-            self._thread = threading.Thread(target=self._watch, name="selfsup-stop-signals", daemon=True)
+            self._thread = threading.Thread(
+                target=self._watch, args=(self._sockets[0],), name="selfsup-stop-signals", daemon=True
+            )
             self._thread.start()
 
     def restore(self) -> None:
@@ -75,8 +77,7 @@ class StopSignals:
         if self._sockets is not None:
             with suppress(ValueError, OSError):
                 signal.set_wakeup_fd(self._old_wakeup if self._old_wakeup is not None else -1)
-            reader, writer = self._sockets
-            self._sockets = None
+            (reader, writer), self._sockets = self._sockets, None
             with suppress(OSError):
                 reader.shutdown(socket.SHUT_RDWR)  # wakes the watcher's recv
             if self._thread is not None:
@@ -86,18 +87,12 @@ class StopSignals:
 
     # -- receiving -----------------------------------------------------------------------------
     def _handler(self, signum: int, frame: Any) -> None:
-        if self._sockets is None:  # no watcher: count here (only between bytecodes)
-            self._received(signum)
-        else:
-            # The watcher counts; recording the first request here as well means the loop sees it
-            # at its next check even if the watcher thread has not run yet.
-            self._first(signum)
+        # No watcher: count here (only between bytecodes). Else the watcher counts; recording the
+        # first request here as well means the loop sees it at its next check even if the watcher
+        # thread has not run yet.
+        (self._received if self._sockets is None else self._first)(signum)
 
-    def _watch(self) -> None:
-        sockets = self._sockets
-        if sockets is None:
-            return
-        reader = sockets[0]
+    def _watch(self, reader: socket.socket) -> None:
         while True:
             try:
                 data = reader.recv(64)
