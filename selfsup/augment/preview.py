@@ -4,10 +4,18 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image
 
 from . import ops
-from .recipes import _LAB_HALF_RANGE, _LAB_MEAN, LabRecipe, PatchRecipe, Recipe
+from .recipes import _LAB_HALF_RANGE, _LAB_MEAN, LabRecipe, PatchRecipe, Recipe, ViewSpec
+
+
+def _unnormalize(x: torch.Tensor, spec: ViewSpec) -> torch.Tensor:
+    """Float RGB ``(N, 3, h, w)`` of the view ``spec`` back in [0, 1]."""
+    if spec.normalize:
+        x = x * torch.tensor(spec.std).view(1, 3, 1, 1) + torch.tensor(spec.mean).view(1, 3, 1, 1)
+    return x.clamp(0, 1)
 
 
 def _to_display(view: torch.Tensor, recipe: Recipe, index: int) -> list[torch.Tensor]:
@@ -23,27 +31,14 @@ def _to_display(view: torch.Tensor, recipe: Recipe, index: int) -> list[torch.Te
         return [ops.lab_to_rgb(lab)]
     if isinstance(recipe, PatchRecipe):
         batch, gh, gw, _, p, _ = view.shape
-        spec = recipe.views[1]
-        flat = view.reshape(-1, 3, p, p)
-        if spec.normalize:
-            flat = flat * torch.tensor(spec.std).view(1, 3, 1, 1) + torch.tensor(spec.mean).view(1, 3, 1, 1)
-        flat = flat.clamp(0, 1).reshape(batch, gh, gw, 3, p, p)
         gap = 1
-        canvas = torch.ones(batch, 3, gh * (p + gap) - gap, gw * (p + gap) - gap)
-        for r in range(gh):
-            for c in range(gw):
-                canvas[:, :, r * (p + gap) : r * (p + gap) + p, c * (p + gap) : c * (p + gap) + p] = flat[:, r, c]
-        return [canvas]
-    spec_index, seen = 0, 0
-    for i, spec in enumerate(recipe.views):
-        if index < seen + spec.count:
-            spec_index = i
-            break
-        seen += spec.count
-    spec = recipe.views[spec_index]
-    if spec.normalize:
-        view = view * torch.tensor(spec.std).view(1, 3, 1, 1) + torch.tensor(spec.mean).view(1, 3, 1, 1)
-    return [view.clamp(0, 1)]
+        # Each patch with a white gap below and to its right, tiled row by row; the last gaps cut off.
+        tiles = F.pad(_unnormalize(view.reshape(-1, 3, p, p), recipe.views[1]), (0, gap, 0, gap), value=1.0)
+        canvas = tiles.view(batch, gh, gw, 3, p + gap, p + gap).permute(0, 3, 1, 4, 2, 5)
+        return [canvas.reshape(batch, 3, gh * (p + gap), gw * (p + gap))[:, :, :-gap, :-gap]]
+    # The spec of view ``index`` (views come in the order of ``recipe.views``, ``count`` of each).
+    specs = [spec for spec in recipe.views for _ in range(spec.count)]
+    return [_unnormalize(view, specs[index] if index < len(specs) else recipe.views[0])]
 
 
 def preview_grid(images: torch.Tensor, recipe: Recipe, seed: int = 0, scale: int = 3, pad: int = 4) -> Image.Image:

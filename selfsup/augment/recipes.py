@@ -9,18 +9,23 @@ SimCLR's jitter strength 0.5 and no blur on CIFAR).
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+import inspect
+import math
+import typing
+from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import torch
 
-from ..config import from_dict
+from ..config import coerce, from_dict
 from ..errors import ConfigError, closest
 from . import ops
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 SMALL_IMAGE = 64  # at or below this side, use the CIFAR variants of the recipes
+_JITTER = ("brightness", "contrast", "saturation", "hue")  # torchvision's numbering of the jitter ``order``
 
 
 @dataclass
@@ -61,12 +66,11 @@ class ViewSpec:
                 raise ConfigError(f"augmentation {name} must be a probability in [0, 1], got {value}.")
         if self.size < 1 or self.count < 0:
             raise ConfigError(f"augmentation size must be >= 1 and count >= 0, got {self.size} and {self.count}.")
-        lo, hi = self.crop_scale
-        if not 0.0 < lo <= hi <= 1.0:
+        if not 0.0 < self.crop_scale[0] <= self.crop_scale[1] <= 1.0:
             raise ConfigError(f"crop_scale must satisfy 0 < min <= max <= 1, got {self.crop_scale}.")
         if not 0.0 < self.crop_ratio[0] <= self.crop_ratio[1]:
             raise ConfigError(f"crop_ratio must satisfy 0 < min <= max, got {self.crop_ratio}.")
-        for name in ("brightness", "contrast", "saturation"):
+        for name in _JITTER[:3]:
             if getattr(self, name) < 0:
                 raise ConfigError(f"augmentation {name} must be >= 0, got {getattr(self, name)}.")
         if not 0.0 <= self.hue <= 0.5:
@@ -88,9 +92,7 @@ class ViewSpec:
             "box": ops.sample_crop_boxes(batch, height, width, self.crop_scale, self.crop_ratio, generator, device),
             "flip": coin(self.flip_p),
             "jitter": coin(self.jitter_p),
-            "brightness": uniform(max(0.0, 1 - self.brightness), 1 + self.brightness),
-            "contrast": uniform(max(0.0, 1 - self.contrast), 1 + self.contrast),
-            "saturation": uniform(max(0.0, 1 - self.saturation), 1 + self.saturation),
+            **{n: uniform(max(0.0, 1 - getattr(self, n)), 1 + getattr(self, n)) for n in _JITTER[:3]},
             "hue": uniform(-self.hue, self.hue),
             # torchvision draws a fresh order of the four jitter operations for every call.
             "order": torch.rand(batch, 4, device=device, generator=generator).argsort(dim=1),
@@ -122,17 +124,10 @@ class ViewSpec:
     def _jitter(self, x: torch.Tensor, params: dict[str, torch.Tensor]) -> torch.Tensor:
         if self.jitter_p <= 0:
             return x
-        steps = [
-            (self.brightness > 0, ops.adjust_brightness, params["brightness"]),
-            (self.contrast > 0, ops.adjust_contrast, params["contrast"]),
-            (self.saturation > 0, ops.adjust_saturation, params["saturation"]),
-            (self.hue > 0, ops.adjust_hue, params["hue"]),
-        ]
+        steps = [(i, getattr(ops, f"adjust_{n}"), params[n]) for i, n in enumerate(_JITTER) if getattr(self, n) > 0]
         for slot in range(4):
-            for op_index, (enabled, fn, factor) in enumerate(steps):
-                if enabled:
-                    mask = params["jitter"] & (params["order"][:, slot] == op_index)
-                    x = masked(mask, fn, x, factor)
+            for op_index, fn, factor in steps:
+                x = masked(params["jitter"] & (params["order"][:, slot] == op_index), fn, x, factor)
         return x
 
 
@@ -179,8 +174,6 @@ def sample_shard(
     per image, nothing next to the image operations."""
     rank, world = shard
     params = spec.sample(batch * world, height, width, generator, device)
-    if world == 1:
-        return params
     return {key: value[rank * batch : (rank + 1) * batch] for key, value in params.items()}
 
 
@@ -205,21 +198,25 @@ class Recipe:
         self, images: torch.Tensor, generator: torch.Generator | None = None, shard: Shard = (0, 1)
     ) -> list[torch.Tensor]:
         """``images``: uint8 ``(B, H, W, 3)``. Returns float views ``(B, 3, size, size)``."""
-        _check_images(images)
-        x = ops.to_float(images)
+        x = _to_float(images)
+        return [spec.apply(x, params) for spec, params in self._draws(x, generator, shard)]
+
+    def _draws(
+        self, x: torch.Tensor, generator: torch.Generator | None, shard: Shard
+    ) -> Iterator[tuple[ViewSpec, dict[str, torch.Tensor]]]:
+        """``(spec, params)`` of every view in order, each drawn when the previous one is made."""
         batch, _, height, width = x.shape
-        views = []
         for spec in self.views:
             for _ in range(spec.count):
-                views.append(spec.apply(x, sample_shard(spec, batch, height, width, generator, x.device, shard)))
-        return views
+                yield spec, sample_shard(spec, batch, height, width, generator, x.device, shard)
 
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "views": [dataclasses.asdict(v) for v in self.views]}
 
 
-def _check_images(images: torch.Tensor, extra_channels: bool = False) -> None:
-    """uint8 ``(B, H, W, 3)`` (or ``(B, H, W, 3 + k)`` with ``extra_channels``), at least 2x2 px."""
+def _to_float(images: torch.Tensor, extra_channels: bool = False) -> torch.Tensor:
+    """:func:`ops.to_float` of uint8 ``(B, H, W, 3)`` images (or ``(B, H, W, 3 + k)`` with
+    ``extra_channels``) of at least 2x2 px; anything else is a ConfigError."""
     channels_ok = isinstance(images, torch.Tensor) and images.dim() == 4 and (
         images.shape[-1] >= 3 if extra_channels else images.shape[-1] == 3
     )
@@ -229,6 +226,7 @@ def _check_images(images: torch.Tensor, extra_channels: bool = False) -> None:
         raise ConfigError(f"a recipe takes uint8 images of shape {layout}; got {got}.")
     if images.shape[1] < 2 or images.shape[2] < 2:
         raise ConfigError(f"images of {images.shape[1]}x{images.shape[2]} px are too small to augment (need >= 2x2).")
+    return ops.to_float(images)
 
 
 # CMC's normalisation of Lab: L in [0, 100], a in about [-86.2, 98.2], b in about [-107.9, 94.5],
@@ -261,19 +259,15 @@ class LabRecipe(Recipe):
     def __call__(
         self, images: torch.Tensor, generator: torch.Generator | None = None, shard: Shard = (0, 1)
     ) -> list[torch.Tensor]:
-        _check_images(images, extra_channels=True)
-        x = ops.to_float(images)
+        x = _to_float(images, extra_channels=True)
         rgb, extra = x[:, :3], x[:, 3:]
-        batch, _, height, width = x.shape
         views: list[torch.Tensor] = []
-        for spec in self.views:
-            for _ in range(spec.count):
-                params = sample_shard(spec, batch, height, width, generator, x.device, shard)
-                lab = normalized_lab(spec.apply(rgb, params))
-                views += [lab[:, :1].contiguous(), lab[:, 1:].contiguous()]
-                if extra.shape[1]:
-                    paired = ops.resized_crop(extra, params["box"], spec.size, params["flip"]) * 2 - 1
-                    views += [channel.contiguous() for channel in paired.split(1, dim=1)]
+        for spec, params in self._draws(x, generator, shard):
+            lab = normalized_lab(spec.apply(rgb, params))
+            views += [lab[:, :1].contiguous(), lab[:, 1:].contiguous()]
+            if extra.shape[1]:
+                paired = ops.resized_crop(extra, params["box"], spec.size, params["flip"]) * 2 - 1
+                views += [channel.contiguous() for channel in paired.split(1, dim=1)]
         return views
 
     @property
@@ -308,9 +302,8 @@ class PatchRecipe(Recipe):
     def __call__(
         self, images: torch.Tensor, generator: torch.Generator | None = None, shard: Shard = (0, 1)
     ) -> list[torch.Tensor]:
-        _check_images(images)
         whole, per_patch = self.views
-        x = ops.to_float(images)
+        x = _to_float(images)
         batch, _, height, width = x.shape
         x = whole.apply(x, sample_shard(whole, batch, height, width, generator, x.device, shard))
         flat, (grid_h, grid_w) = patch_grid(x, self.patch_size, self.stride)
@@ -327,11 +320,8 @@ class PatchRecipe(Recipe):
         return 1
 
     def describe(self) -> dict[str, Any]:
-        grid = self.grid_shape()
-        return {
-            **super().describe(), "patch_size": self.patch_size, "stride": self.stride, "grid": list(grid),
-            "channel_drop_p": self.channel_drop_p,
-        }
+        extra = {"patch_size": self.patch_size, "stride": self.stride, "grid": list(self.grid_shape())}
+        return {**super().describe(), **extra, "channel_drop_p": self.channel_drop_p}
 
     def grid_shape(self) -> tuple[int, int]:
         """``(grid_h, grid_w)``: the grid cut from the whole-image view (``views[0].size`` px)."""
@@ -425,9 +415,7 @@ def seeded_normal(seeds: torch.Tensor, shape: tuple[int, ...] | torch.Size) -> t
     (non-negative int64) only: a counter-based generator, element ``j`` of a row hashing the seed
     with the counters ``2j`` and ``2j + 1`` into two uniforms (Box-Muller). Any slice of a batch
     thus gets its rows without drawing the others'."""
-    count = 1
-    for side in shape:
-        count *= int(side)
+    count = math.prod(int(side) for side in shape)
     seeds = seeds.view(-1, 1)
     key = _mix32(_mix32(seeds & _MASK32) ^ (seeds >> 32))  # (N, 1), from both halves of the seed
     counter = torch.arange(2 * count, device=seeds.device, dtype=torch.int64).view(1, -1)
@@ -444,38 +432,40 @@ def seeded_normal(seeds: torch.Tensor, shape: tuple[int, ...] | torch.Size) -> t
 
 
 def _spec(overrides: dict[str, Any], **fields: Any) -> ViewSpec:
-    merged = {**fields, **overrides}
-    return from_dict(ViewSpec, merged, "augment")
+    return from_dict(ViewSpec, {**fields, **overrides}, "augment")
+
+
+# BYOL's colour jitter (arXiv 2006.07733, table 6), also the multi-crop recipes' default.
+_BYOL_COLOUR = dict(brightness=0.4, contrast=0.4, saturation=0.2, hue=0.1)
+
+
+def _blur(image_size: int, p: float) -> float:
+    """Blur probability ``p`` on large images; none on small ones (the CIFAR variants)."""
+    return 0.0 if image_size <= SMALL_IMAGE else p
+
+
+def _byol_pair(image_size: int, overrides: dict[str, Any], **fields: Any) -> list[ViewSpec]:
+    """BYOL's asymmetric two views: blur p=1.0 / 0.1 (large images only), solarization p=0 / 0.2."""
+    return [
+        _spec(overrides, **fields, blur_p=_blur(image_size, blur), solarize_p=solarize)
+        for blur, solarize in ((1.0, 0.0), (0.1, 0.2))
+    ]
 
 
 def simclr(image_size: int, **overrides: Any) -> Recipe:
     """SimCLR (Chen et al. 2020, arXiv 2002.05709, appendix A): crop (0.08, 1), flip, colour
     jitter with strength s (0.8s, 0.8s, 0.8s, 0.2s) applied with p=0.8 (s=1 on ImageNet, 0.5 on
     CIFAR), grayscale p=0.2, Gaussian blur p=0.5 on ImageNet only (not used on CIFAR)."""
-    small = image_size <= SMALL_IMAGE
-    s = 0.5 if small else 1.0
-    spec = _spec(
-        overrides,
-        size=image_size,
-        count=2,
-        brightness=0.8 * s,
-        contrast=0.8 * s,
-        saturation=0.8 * s,
-        hue=0.2 * s,
-        blur_p=0.0 if small else 0.5,
-    )
-    return Recipe("simclr", [spec])
+    s = 0.5 if image_size <= SMALL_IMAGE else 1.0
+    jitter = dict(brightness=0.8 * s, contrast=0.8 * s, saturation=0.8 * s, hue=0.2 * s)
+    return Recipe("simclr", [_spec(overrides, size=image_size, count=2, **jitter, blur_p=_blur(image_size, 0.5))])
 
 
 def byol(image_size: int, **overrides: Any) -> Recipe:
     """BYOL's asymmetric views (Grill et al. 2020, arXiv 2006.07733, table 6): jitter
     (0.4, 0.4, 0.2, 0.1) p=0.8, grayscale 0.2, blur p=1.0 / 0.1, solarization p=0.0 / 0.2.
     On small images blur is off in both views, as in the CIFAR recipes of solo-learn and lightly."""
-    small = image_size <= SMALL_IMAGE
-    common = dict(size=image_size, brightness=0.4, contrast=0.4, saturation=0.2, hue=0.1)
-    first = _spec(overrides, **common, blur_p=0.0 if small else 1.0, solarize_p=0.0)
-    second = _spec(overrides, **common, blur_p=0.0 if small else 0.1, solarize_p=0.2)
-    return Recipe("byol", [first, second])
+    return Recipe("byol", _byol_pair(image_size, overrides, size=image_size, **_BYOL_COLOUR))
 
 
 def crop_sizes(image_size: int, overrides: dict[str, Any], global_size: int | None, local_size: int | None) -> tuple[int, int]:
@@ -510,16 +500,12 @@ def multicrop(
     stored side) with scale (0.14, 1) and ``num_local`` local views of ``local_size`` (default
     96/224 of the global side) with scale (0.05, 0.14). The colour pipeline is BYOL's unless
     overridden (SwAV overrides it with SimCLR's, as its official code); blur only on large images."""
-    small = image_size <= SMALL_IMAGE
     global_size, local_size = crop_sizes(image_size, overrides, global_size, local_size)
-    common = dict(brightness=0.4, contrast=0.4, saturation=0.2, hue=0.1)
-    globals_ = _spec(
-        overrides, **common, size=global_size, count=2, crop_scale=tuple(global_scale), blur_p=0.0 if small else 0.5
-    )
-    locals_ = _spec(
-        overrides, **common, size=local_size, count=num_local, crop_scale=tuple(local_scale), blur_p=0.0 if small else 0.5
-    )
-    return Recipe("multicrop", [globals_, locals_])
+    views = [
+        _spec(overrides, **_BYOL_COLOUR, size=side, count=count, crop_scale=tuple(scale), blur_p=_blur(image_size, 0.5))
+        for side, count, scale in ((global_size, 2, global_scale), (local_size, num_local, local_scale))
+    ]
+    return Recipe("multicrop", views)
 
 
 def dino(
@@ -537,26 +523,16 @@ def dino(
     ``num_local`` local views of ``local_size`` (default 96/224 of the global side), scale
     (0.05, 0.4), blur p=0.5; colour as BYOL's. Blur only on large images (as in ``byol``).
     Without local views the official code recommends ``global_scale=[0.14, 1]``."""
-    small = image_size <= SMALL_IMAGE
     global_size, local_size = crop_sizes(image_size, overrides, global_size, local_size)
-    common = dict(brightness=0.4, contrast=0.4, saturation=0.2, hue=0.1, crop_scale=tuple(global_scale), size=global_size)
-    first = _spec(overrides, **common, blur_p=0.0 if small else 1.0, solarize_p=0.0)
-    second = _spec(overrides, **common, blur_p=0.0 if small else 0.1, solarize_p=0.2)
-    local_common = {**common, "size": local_size, "crop_scale": tuple(local_scale)}
-    locals_ = _spec(overrides, **local_common, count=num_local, blur_p=0.0 if small else 0.5)
-    return Recipe("dino", [first, second, locals_])
+    pair = _byol_pair(image_size, overrides, **_BYOL_COLOUR, crop_scale=tuple(global_scale), size=global_size)
+    local = dict(crop_scale=tuple(local_scale), size=local_size, count=num_local, blur_p=_blur(image_size, 0.5))
+    return Recipe("dino", [*pair, _spec(overrides, **_BYOL_COLOUR, **local)])
 
 
 def cmc_lab(image_size: int, **overrides: Any) -> Recipe:
     """CMC (Tian et al. 2019): crop (0.2, 1) and flip, then the L and ab channels of CIE Lab."""
     spec = _spec(
-        overrides,
-        size=image_size,
-        count=1,
-        crop_scale=(0.2, 1.0),
-        jitter_p=0.0,
-        grayscale_p=0.0,
-        normalize=False,
+        overrides, size=image_size, count=1, crop_scale=(0.2, 1.0), jitter_p=0.0, grayscale_p=0.0, normalize=False
     )
     return LabRecipe("cmc_lab", [spec])
 
@@ -595,12 +571,7 @@ def cpc_patches(
 
 
 RECIPES: dict[str, Callable[..., Recipe]] = {
-    "simclr": simclr,
-    "byol": byol,
-    "multicrop": multicrop,
-    "dino": dino,
-    "cmc_lab": cmc_lab,
-    "cpc_patches": cpc_patches,
+    builder.__name__: builder for builder in (simclr, byol, multicrop, dino, cmc_lab, cpc_patches)
 }
 
 
@@ -621,8 +592,6 @@ def create_recipe(name: str, image_size: int, **overrides: Any) -> Recipe:
     parameters (e.g. ``num_local``) or any :class:`ViewSpec` field on every view."""
     if name not in RECIPES:
         raise ConfigError(f"unknown augmentation recipe '{name}'.{closest(name, RECIPES)} Available: {', '.join(available_recipes())}.")
-    import inspect
-
     builder = RECIPES[name]
     own = [p for p in inspect.signature(builder).parameters if p not in ("image_size", "overrides")]
     valid = own + [f.name for f in dataclasses.fields(ViewSpec)]
@@ -631,10 +600,6 @@ def create_recipe(name: str, image_size: int, **overrides: Any) -> Recipe:
             raise ConfigError(f"unknown augmentation key '{key}' for recipe '{name}'.{closest(key, valid)} Valid keys: {', '.join(valid)}.")
     # The builder's own parameters are checked against their annotations as the ViewSpec fields
     # are (a wrong type is a ConfigError naming the key, never a TypeError inside the builder).
-    import typing
-
-    from ..config import coerce
-
     hints = typing.get_type_hints(builder)
     overrides = {k: coerce(v, hints[k], f"augment.{k}") if k in own and k in hints else v for k, v in overrides.items()}
     recipe = builder(image_size, **overrides)

@@ -24,15 +24,12 @@ from PIL import Image
 from ..errors import DataError
 from .imageset import ImageSet, resize_center_crop
 
-RAW_SPLITS = ("train", "test", "val")
-
-
 def raw_layout(files: list[str]) -> list[str] | None:
     """The splits of a raw-array archive (``[""]`` for a single ``images`` array), or None when the
     archive is not one (the packed layout, say)."""
     if "images" in files:
         return [""]
-    found = [s for s in RAW_SPLITS if f"{s}_images" in files]
+    found = [s for s in ("train", "test", "val") if f"{s}_images" in files]
     return found or None
 
 
@@ -41,22 +38,18 @@ def _as_nhwc(array: np.ndarray, path: Path, key: str) -> np.ndarray:
         hint = " (floats in [0, 1]: multiply by 255 and round)" if np.issubdtype(array.dtype, np.floating) else ""
         raise DataError(f"'{path}': {key} must be uint8 pixel values 0-255, got {array.dtype}{hint}; "
                         f"convert it with images.astype(np.uint8) and save again.")
-    if array.ndim == 3:  # (N, H, W) grayscale
-        return np.repeat(array[..., None], 3, axis=3)
-    if array.ndim == 4 and array.shape[3] in (1, 3):
-        return np.repeat(array, 3, axis=3) if array.shape[3] == 1 else array
-    if array.ndim == 4 and array.shape[1] in (1, 3):  # channel-first
-        array = array.transpose(0, 2, 3, 1)
-        return np.repeat(array, 3, axis=3) if array.shape[3] == 1 else array
-    raise DataError(
-        f"'{path}': {key} has shape {array.shape}; expected (N, H, W) grayscale or (N, H, W, 3) colour uint8 images."
-    )
+    nhwc = array[..., None] if array.ndim == 3 else array  # (N, H, W) grayscale
+    if nhwc.ndim == 4 and nhwc.shape[3] not in (1, 3) and nhwc.shape[1] in (1, 3):  # channel-first
+        nhwc = nhwc.transpose(0, 2, 3, 1)
+    if nhwc.ndim != 4 or nhwc.shape[3] not in (1, 3):
+        raise DataError(
+            f"'{path}': {key} has shape {array.shape}; expected (N, H, W) grayscale or (N, H, W, 3) colour "
+            "uint8 images."
+        )
+    return np.repeat(nhwc, 3, axis=3) if nhwc.shape[3] == 1 else nhwc
 
 
-def load_raw(
-    path: str | Path, split: str = "", indices: np.ndarray | None = None, image_size: int | None = None,
-    name: str | None = None,
-) -> ImageSet:
+def load_raw(path: str | Path, split: str = "", image_size: int | None = None) -> ImageSet:
     """One split of a raw-array archive (``""``: the single ``images`` array) as an :class:`ImageSet`."""
     path = Path(path)
     prefix = f"{split}_" if split else ""
@@ -70,9 +63,7 @@ def load_raw(
         top = max((int(archive[k].max()) for k in files if k.endswith("labels") and archive[k].size), default=-1)
     images = _as_nhwc(images, path, f"{prefix}images")
     count = len(images)
-    if labels is None:
-        labels = np.full(count, -1, dtype=np.int64)
-    labels = np.asarray(labels).reshape(-1)
+    labels = np.full(count, -1, dtype=np.int64) if labels is None else np.asarray(labels).reshape(-1)
     if labels.shape != (count,) or not np.issubdtype(labels.dtype, np.integer):
         raise DataError(f"'{path}': {prefix}labels must be {count} integers (one per image), got {labels.dtype} {labels.shape}.")
     labels = labels.astype(np.int64)
@@ -82,14 +73,12 @@ def load_raw(
         classes = [str(c) for c in range(top + 1)]
     elif count and labels.max() >= len(classes):
         raise DataError(f"'{path}': {prefix}labels has values beyond the {len(classes)} names in classes.")
-    chosen = np.arange(count) if indices is None else np.asarray(indices, dtype=np.int64)
-    images = images[chosen]
     height, width = images.shape[1:3]
     size = image_size or min(height, width)
     if (height, width) != (size, size):
         images = np.stack([np.asarray(resize_center_crop(Image.fromarray(a), size), dtype=np.uint8) for a in images])
     return ImageSet(
-        name=name or path.stem, split=split or "train", labels=torch.from_numpy(labels[chosen].copy()),
+        name=path.stem, split=split or "train", labels=torch.from_numpy(labels),
         classes=classes, images=torch.from_numpy(np.ascontiguousarray(images)),
     )
 

@@ -87,8 +87,7 @@ def split_paired(paths: list[str], modalities: Sequence[str]) -> tuple[list[int]
     paired: dict[tuple[str, str], str] = {}
     images: list[int] = []
     for i, path in enumerate(paths):
-        stem = os.path.splitext(path)[0]
-        base, tag = os.path.splitext(stem)
+        base, tag = os.path.splitext(os.path.splitext(path)[0])
         if tag in tags:
             paired[(base, tag[1:])] = path
         else:
@@ -126,10 +125,8 @@ def load_folder(
     """
     root = Path(root)
     paths, labels, classes, others = scan_folder(root)
-    paired: dict[str, list[str | None]] = {}
-    if modalities:
-        keep, paired = split_paired(paths, modalities)
-        paths, labels = [paths[i] for i in keep], [labels[i] for i in keep]
+    keep, paired = split_paired(paths, modalities)  # without modalities: every path, none paired
+    paths, labels = [paths[i] for i in keep], [labels[i] for i in keep]
     if not paths:
         what = f"{len(others)} file(s), none with an image extension" if others else "no files"
         raise DataError(
@@ -149,16 +146,13 @@ def load_folder(
 
     def decode(position: int) -> np.ndarray | str:
         try:
-            image = decode_to_array(paths[position], image_size, max_image_pixels)
-            if not modalities:
-                return image
-            channels = [image]
+            channels = [decode_to_array(paths[position], image_size, max_image_pixels)]
             for modality in modalities:
                 path = paired[modality][position]
                 if path is None:
                     return f"no '{modality}' file beside it (expected {Path(paths[position]).stem}.{modality}.<ext>)"
                 channels.append(_decode_gray(path, image_size, max_image_pixels)[..., None])
-            return np.concatenate(channels, axis=2)
+            return np.concatenate(channels, axis=2) if modalities else channels[0]
         except ValueError as exc:
             return str(exc)
 
@@ -179,14 +173,13 @@ def load_folder(
             f"(first: {skipped[0][0]}: {skipped[0][1]})."
         )
     kept_labels = label_tensor[good]
-    if classes:
-        counts = torch.bincount(kept_labels[kept_labels >= 0], minlength=len(classes))
-        empty = [classes[i] for i in range(len(classes)) if counts[i] == 0]
-        if empty:
-            raise DataError(
-                f"class folder(s) {', '.join(repr(e) for e in empty)} in '{root}' hold no readable image. "
-                "Remove them, or add readable images to them."
-            )
+    counts = torch.bincount(kept_labels[kept_labels >= 0], minlength=len(classes)).tolist()
+    empty = [name for name, count in zip(classes, counts) if count == 0]
+    if empty:
+        raise DataError(
+            f"class folder(s) {', '.join(repr(e) for e in empty)} in '{root}' hold no readable image. "
+            "Remove them, or add readable images to them."
+        )
     return ImageSet(
         name=root.name,
         split=split,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import warnings
 from dataclasses import dataclass, field
@@ -18,13 +19,6 @@ DEFAULT_MAX_IMAGE_PIXELS = 64_000_000
 # every image over the limit with a message; Pillow's own warning (at 89 M pixels) would only
 # repeat it as noise. Pillow's hard error (at 179 M) is kept, and reported as the same guard.
 warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
-
-
-def _too_large(width: int, height: int, max_pixels: int) -> str:
-    return (
-        f"{width}x{height} px exceeds the limit of {max_pixels:,} pixels (a decompression-bomb guard; "
-        "if the image is genuine, raise max_image_pixels)"
-    )
 
 
 @dataclass
@@ -68,15 +62,13 @@ class ImageSet:
     def subset(self, indices: torch.Tensor | np.ndarray | list[int]) -> ImageSet:
         """The images at ``indices``, renumbered 0..len(indices)-1."""
         idx = torch.as_tensor(np.asarray(indices), dtype=torch.long)
-        return ImageSet(
-            name=self.name,
-            split=self.split,
+        return dataclasses.replace(
+            self,
             labels=self.labels[idx].clone(),
             classes=list(self.classes),
             images=None if self.images is None else self.images[idx].clone(),
             paths=None if self.paths is None else [self.paths[i] for i in idx.tolist()],
-            image_size=self.image_size,
-            origin=self.origin,
+            skipped=[],
         )
 
     def describe(self) -> str:
@@ -100,26 +92,20 @@ def to_rgb(image: Image.Image) -> Image.Image:
     """Any PIL mode as 8-bit RGB: 16-bit scaled (not clipped), alpha composited on white,
     palette/CMYK/grayscale converted."""
     mode = image.mode
-    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
         array = np.asarray(image, dtype=np.float64)
-        peak = 65535.0 if array.max(initial=0) > 255 else 255.0
-        array = np.clip(array / peak * 255.0 + 0.5, 0, 255).astype(np.uint8)
+        if mode == "F":  # floats: stretched to the full range
+            lo, hi = float(array.min(initial=0)), float(array.max(initial=1))
+            array = ((array - lo) / max(hi - lo, 1e-12) * 255 + 0.5).astype(np.uint8)
+        else:
+            peak = 65535.0 if array.max(initial=0) > 255 else 255.0
+            array = np.clip(array / peak * 255.0 + 0.5, 0, 255).astype(np.uint8)
         return Image.fromarray(array, "L").convert("RGB")
-    if mode == "F":
-        array = np.asarray(image, dtype=np.float64)
-        lo, hi = float(array.min(initial=0)), float(array.max(initial=1))
-        array = ((array - lo) / max(hi - lo, 1e-12) * 255 + 0.5).astype(np.uint8)
-        return Image.fromarray(array, "L").convert("RGB")
-    if mode == "P" and "transparency" in image.info:
-        image = image.convert("RGBA")
-        mode = "RGBA"
-    if mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+    if mode in ("RGBA", "LA", "PA", "RGBa", "La") or (mode == "P" and "transparency" in image.info):
         image = image.convert("RGBA")
         background = Image.new("RGBA", image.size, (255, 255, 255, 255))
         return Image.alpha_composite(background, image).convert("RGB")
-    if mode != "RGB":
-        return image.convert("RGB")
-    return image
+    return image if mode == "RGB" else image.convert("RGB")
 
 
 def open_image(
@@ -139,7 +125,10 @@ def open_image(
             raise ValueError(f"{exc} (a decompression-bomb guard)") from None
         width, height = image.size
         if width * height > max_pixels:
-            raise ValueError(_too_large(width, height, max_pixels))
+            raise ValueError(
+                f"{width}x{height} px exceeds the limit of {max_pixels:,} pixels (a decompression-bomb guard; "
+                "if the image is genuine, raise max_image_pixels)"
+            )
         if draft_size is not None and image.format == "JPEG":
             image.draft("RGB", (draft_size, draft_size))
         image.seek(0)  # first frame of GIFs and multi-page TIFFs

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import NamedTuple
 
 import torch
@@ -31,6 +32,7 @@ def epoch_permutation(size: int, seed: int, epoch: int) -> torch.Tensor:
     return torch.randperm(size, generator=generator)
 
 
+@dataclass(eq=False)
 class BatchLoader:
     """Iterate over a dataset in batches on ``device``.
 
@@ -39,56 +41,41 @@ class BatchLoader:
     exactly the single-process batch.
     """
 
-    def __init__(
-        self,
-        dataset: ImageSet,
-        batch_size: int,
-        device: torch.device | str = "cpu",
-        shuffle: bool = True,
-        drop_last: bool = True,
-        seed: int = 0,
-        rank: int = 0,
-        world_size: int = 1,
-        num_workers: int = 2,
-    ) -> None:
-        if batch_size <= 0:
-            raise DataError(f"batch size must be positive, got {batch_size}.")
-        if drop_last and batch_size > len(dataset):
+    dataset: ImageSet
+    batch_size: int
+    device: torch.device | str = "cpu"
+    shuffle: bool = True
+    drop_last: bool = True
+    seed: int = 0
+    rank: int = 0
+    world_size: int = 1
+    num_workers: int = 2
+
+    def __post_init__(self) -> None:
+        if self.batch_size <= 0:
+            raise DataError(f"batch size must be positive, got {self.batch_size}.")
+        if self.drop_last and self.batch_size > len(self.dataset):
             raise DataError(
-                f"batch size {batch_size} is larger than the dataset ({len(dataset)} images); "
+                f"batch size {self.batch_size} is larger than the dataset ({len(self.dataset)} images); "
                 "use a smaller batch_size or more data."
             )
-        if batch_size % world_size:
-            raise DataError(f"batch size {batch_size} is not divisible by the {world_size} processes.")
-        self.dataset = dataset
-        self.batch_size = batch_size
-        self.device = torch.device(device)
-        self.shuffle = shuffle
-        self.drop_last = drop_last
-        self.seed = seed
-        self.rank = rank
-        self.world_size = world_size
-        self.num_workers = num_workers
-        self.local_batch = batch_size // world_size
-        self.labels = dataset.labels.to(self.device)
-        self.images: torch.Tensor | None = None
-        self._bad_files = 0
-        if not dataset.streamed:
-            images = dataset.images
-            if self.device.type == "cuda":
-                images = images.to(self.device, non_blocking=True)
-            self.images = images
+        if self.batch_size % self.world_size:
+            raise DataError(f"batch size {self.batch_size} is not divisible by the {self.world_size} processes.")
+        self.device = torch.device(self.device)
+        self.local_batch = self.batch_size // self.world_size
+        self.labels = self.dataset.labels.to(self.device)
+        self.bad_files = 0  # unreadable files dropped from streamed batches so far
+        self.images: torch.Tensor | None = self.dataset.images  # None when streamed; moved to a GPU
+        if self.images is not None and self.device.type == "cuda":
+            self.images = self.images.to(self.device, non_blocking=True)
 
     def __len__(self) -> int:
         n = len(self.dataset)
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
 
-    def _order(self, epoch: int) -> torch.Tensor:
-        n = len(self.dataset)
-        return epoch_permutation(n, self.seed, epoch) if self.shuffle else torch.arange(n)
-
     def _global_slices(self, epoch: int, start_step: int) -> Iterator[torch.Tensor]:
-        order = self._order(epoch)
+        n = len(self.dataset)
+        order = epoch_permutation(n, self.seed, epoch) if self.shuffle else torch.arange(n)
         for step in range(start_step, len(self)):
             chunk = order[step * self.batch_size : (step + 1) * self.batch_size]
             local = chunk[self.rank * self.local_batch : (self.rank + 1) * self.local_batch]
@@ -111,20 +98,15 @@ class BatchLoader:
             batch_sampler=batches,
             num_workers=self.num_workers,
             pin_memory=self.device.type == "cuda",
-            persistent_workers=False,
         )
         for ids, (images, ok) in zip(batches, loader):
             index = torch.tensor(ids, dtype=torch.long)
             if not bool(ok.all()):
                 # Drop unreadable files from the batch rather than stopping the epoch.
-                if self._bad_files == 0:
+                if self.bad_files == 0:
                     bad = [self.dataset.paths[i] for i, good in zip(ids, ok.tolist()) if not good]
                     print(f"selfsup: skipping unreadable image(s), first: {bad[0]}", file=sys.stderr)
-                self._bad_files += int((~ok).sum())
+                self.bad_files += int((~ok).sum())
                 images, index = images[ok], index[ok]
             index = index.to(self.device, non_blocking=True)
             yield Batch(images.to(self.device, non_blocking=True), self.labels[index], index)
-
-    @property
-    def bad_files(self) -> int:
-        return self._bad_files

@@ -41,8 +41,7 @@ def packed_splits(path: str | Path) -> list[str]:
 
 
 def _check_layout(path: Path, files: list[str], split: str) -> None:
-    needed = [f"{split}_jpeg", f"{split}_offsets", f"{split}_labels"]
-    missing = [key for key in needed if key not in files]
+    missing = [key for key in (f"{split}_jpeg", f"{split}_offsets", f"{split}_labels") if key not in files]
     if missing:
         present = sorted({k.split("_")[0] for k in files if k.endswith("_jpeg")})
         hint = f" It holds the splits: {', '.join(present)}." if present else ""
@@ -52,10 +51,6 @@ def _check_layout(path: Path, files: list[str], split: str) -> None:
             "arrays are read from the keys 'images' (+ 'labels', 'classes') or 'train_images'/'test_images' "
             "(+ 'train_labels'/'test_labels'), see selfsup/data/arrays.py."
         )
-
-
-def _decode_one(blob: bytes, size: int | None) -> np.ndarray:
-    return decode_to_array(blob, size)
 
 
 def load_packed(
@@ -139,7 +134,7 @@ def decode_many(
 
     def decode(i: int) -> np.ndarray:
         try:
-            return _decode_one(blobs[i], image_size)
+            return decode_to_array(blobs[i], image_size)
         except ValueError as exc:
             raise DataError(f"{what}: image {i} cannot be decoded: {exc}") from None
 
@@ -147,8 +142,7 @@ def decode_many(
         arrays = list(pool.map(decode, range(len(blobs)), chunksize=256))
     if not arrays:
         return torch.zeros(0, image_size or 1, image_size or 1, 3, dtype=torch.uint8)
-    shapes = {a.shape for a in arrays}
-    if len(shapes) > 1:
+    if len({a.shape for a in arrays}) > 1:
         # Variable sizes without a requested size: bring all to the smallest shorter side.
         size = min(min(a.shape[:2]) for a in arrays)
         arrays = [decode_to_array(blobs[i], size) for i in range(len(blobs))]
@@ -159,10 +153,8 @@ def encode_image(array: np.ndarray, fmt: str = "jpeg", quality: int = 95) -> byt
     from PIL import Image
 
     buffer = io.BytesIO()
-    if fmt == "png":
-        Image.fromarray(array).save(buffer, format="PNG", optimize=False)
-    else:
-        Image.fromarray(array).save(buffer, format="JPEG", quality=quality)
+    options = {"format": "PNG", "optimize": False} if fmt == "png" else {"format": "JPEG", "quality": quality}
+    Image.fromarray(array).save(buffer, **options)
     return buffer.getvalue()
 
 
@@ -185,9 +177,7 @@ def write_packed(
             encoded.append(encode_image(array, fmt, quality))
             if progress:
                 progress(1)
-        sizes = np.fromiter((len(b) for b in encoded), dtype=np.int64, count=len(encoded))
-        offsets = np.zeros(len(encoded) + 1, dtype=np.int64)
-        np.cumsum(sizes, out=offsets[1:])
+        offsets = np.cumsum([0] + [len(b) for b in encoded], dtype=np.int64)
         arrays_out[f"{split}_jpeg"] = np.frombuffer(b"".join(encoded), dtype=np.uint8)
         arrays_out[f"{split}_offsets"] = offsets
         arrays_out[f"{split}_labels"] = np.asarray(labels, dtype=np.int64)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import pickle
 import socket
+from functools import partial
 from pathlib import Path
 from typing import Callable
 
@@ -24,7 +25,7 @@ from .arrays import load_raw, raw_layout
 from .folder import load_folder, scan_folder
 from .imageset import DEFAULT_MAX_IMAGE_PIXELS, ImageSet
 from .packed import load_packed, packed_splits
-from .splits import _HELDOUT_ORDER, SPLIT_SEED, heldout_split, layout_folder, split_layout
+from .splits import SPLIT_SEED, heldout_split, layout_folder, serving_order, split_layout
 
 BUILTIN = ("digits", "cifar10", "cifar100")
 _CIFAR = {
@@ -35,13 +36,8 @@ _CIFAR = {
 
 def search_dirs(data_dir: str | Path | None = None) -> list[Path]:
     """The folders searched for built-in datasets, in order."""
-    dirs = []
-    if data_dir:
-        dirs.append(Path(data_dir))
-    if os.environ.get("SELFSUP_DATA"):
-        dirs.append(Path(os.environ["SELFSUP_DATA"]))
-    dirs.append(Path(os.environ.get("SELFSUP_CACHE", Path.home() / ".cache" / "selfsup")))
-    return dirs
+    given = [Path(d) for d in (data_dir, os.environ.get("SELFSUP_DATA")) if d]
+    return given + [Path(os.environ.get("SELFSUP_CACHE", Path.home() / ".cache" / "selfsup"))]
 
 
 class _NumpyOnlyUnpickler(pickle.Unpickler):
@@ -92,7 +88,7 @@ def _load_cifar_folder(folder: Path, name: str, split: str) -> ImageSet:
     return ImageSet(name=name, split=split, labels=torch.tensor(labels, dtype=torch.long), classes=classes, images=images)
 
 
-def _download_cifar(name: str, target: Path) -> Path:
+def _download_cifar(name: str, target: Path) -> None:
     import torchvision
 
     old_timeout = socket.getdefaulttimeout()
@@ -102,7 +98,6 @@ def _download_cifar(name: str, target: Path) -> Path:
         getattr(torchvision.datasets, _CIFAR[name]["tv"])(root=str(target), train=True, download=True)
     finally:
         socket.setdefaulttimeout(old_timeout)
-    return target / _CIFAR[name]["folder"]
 
 
 def _subset_indices(count: int, limit: int | None, seed: int) -> np.ndarray | None:
@@ -110,6 +105,19 @@ def _subset_indices(count: int, limit: int | None, seed: int) -> np.ndarray | No
         return None
     generator = torch.Generator().manual_seed(seed)
     return np.sort(torch.randperm(count, generator=generator)[:limit].numpy())
+
+
+def _limited(dataset: ImageSet, limit: int | None, seed: int) -> ImageSet:
+    """A fixed random subset of ``limit`` images of ``dataset`` (all of it without a limit)."""
+    indices = _subset_indices(len(dataset), limit, seed)
+    return dataset if indices is None else dataset.subset(indices)
+
+
+def _load_packed_limited(path: Path, split: str, limit: int | None, seed: int, **kwargs: object) -> ImageSet:
+    """A packed split, decoding only the ``limit`` images :func:`_limited` would keep."""
+    with np.load(path, allow_pickle=False) as archive:
+        count = len(archive[f"{split}_labels"]) if f"{split}_labels" in archive.files else 0
+    return load_packed(path, split, _subset_indices(count, limit, seed), **kwargs)
 
 
 def load_cifar(
@@ -122,19 +130,13 @@ def load_cifar(
         folder, packed = directory / spec["folder"], directory / spec["packed"]
         searched += [str(folder), str(packed)]
         if folder.is_dir():
-            dataset = _load_cifar_folder(folder, name, split)
-            indices = _subset_indices(len(dataset), limit, seed)
-            return dataset if indices is None else dataset.subset(indices)
+            return _limited(_load_cifar_folder(folder, name, split), limit, seed)
         if packed.is_file():
-            with np.load(packed, allow_pickle=False) as archive:
-                count = len(archive[f"{split}_labels"]) if f"{split}_labels" in archive.files else 0
-            return load_packed(packed, split, indices=_subset_indices(count, limit, seed), name=name)
-    offline = os.environ.get("SELFSUP_OFFLINE", "") not in ("", "0")
-    reason = "SELFSUP_OFFLINE is set" if offline else ""
-    if not offline:
-        target = search_dirs(data_dir)[0]
+            return _load_packed_limited(packed, split, limit, seed, name=name)
+    reason = "SELFSUP_OFFLINE is set"
+    if os.environ.get("SELFSUP_OFFLINE", "") in ("", "0"):
         try:
-            _download_cifar(name, target)
+            _download_cifar(name, search_dirs(data_dir)[0])
             return load_cifar(name, split, data_dir, limit, seed)
         except Exception as exc:  # offline, DNS failure, disk full...
             reason = f"download failed: {type(exc).__name__}: {exc}"
@@ -158,13 +160,10 @@ def load_digits_set(split: str = "train", image_size: int = 32) -> ImageSet:
     pixels = torch.from_numpy(bunch.images.astype(np.float32) / 16.0)  # (N, 8, 8) in [0, 1]
     target = torch.from_numpy(bunch.target.astype(np.int64))
     generator = torch.Generator().manual_seed(0)
-    test_idx = []
+    test_mask = torch.zeros(len(target), dtype=torch.bool)
     for c in range(10):
         members = torch.nonzero(target == c).flatten()
-        members = members[torch.randperm(len(members), generator=generator)]
-        test_idx.append(members[: len(members) // 5])
-    test_mask = torch.zeros(len(target), dtype=torch.bool)
-    test_mask[torch.cat(test_idx)] = True
+        test_mask[members[torch.randperm(len(members), generator=generator)][: len(members) // 5]] = True
     mask = test_mask if split != "train" else ~test_mask
     # Dark ink on white paper, as a scan looks; bilinear upscaling keeps the strokes smooth.
     ink = torch.nn.functional.interpolate(pixels[mask][:, None], size=image_size, mode="bilinear", align_corners=False)
@@ -220,17 +219,14 @@ def load_dataset(
                 raise DataError(f"packed file '{path}' does not exist.")
             dataset, limit = _load_npz(path, source, split, image_size, limit, seed, val_fraction)
         elif path.exists():
+            limits = dict(max_memory_bytes=max_memory_bytes, max_image_pixels=max_image_pixels)
+            load = partial(load_folder, image_size=image_size or 64, split=split, **limits)
             layout = split_layout(path)
             if layout is not None:
-                dataset = _load_layout(path, layout, split, image_size or 64, max_memory_bytes, max_image_pixels)
+                dataset = _load_layout(path, layout, split, load)
             else:
-                def whole() -> ImageSet:
-                    return load_folder(
-                        path, image_size or 64, split, max_memory_bytes=max_memory_bytes, max_image_pixels=max_image_pixels
-                    )
-
-                key = (str(path.resolve()), image_size or 64, max_memory_bytes, max_image_pixels, _mtime(path))
-                dataset = _split_of(key, source, split, val_fraction, whole)
+                settings = (image_size or 64, max_memory_bytes, max_image_pixels)
+                dataset = _split_of(path, settings, source, split, val_fraction, partial(load, path))
         elif "/" in source or "\\" in source or "." in source:
             raise DataError(f"data path '{source}' does not exist.")
         else:
@@ -238,15 +234,7 @@ def load_dataset(
                 f"unknown data source '{source}'.{closest(source, BUILTIN)} "
                 f"Use one of {', '.join(BUILTIN)}, a folder of images, or a packed .npz file."
             )
-    indices = _subset_indices(len(dataset), limit, seed)
-    return dataset if indices is None else dataset.subset(indices)
-
-
-def _mtime(path: Path) -> int:
-    try:
-        return path.stat().st_mtime_ns
-    except OSError:
-        return 0
+    return _limited(dataset, limit, seed)
 
 
 # The other half of the last source split by a held-out fraction: the trainer and the probes ask
@@ -255,13 +243,21 @@ def _mtime(path: Path) -> int:
 _PENDING: dict[tuple, ImageSet] = {}
 
 
-def _split_of(key: tuple, source: str, split: str, fraction: float | None, load_whole: Callable[[], ImageSet]) -> ImageSet:
+def _split_of(
+    path: Path, settings: tuple, source: str, split: str, fraction: float | None, load_whole: Callable[[], ImageSet]
+) -> ImageSet:
     """``split`` of a source that has no split of its own: all of it (no ``fraction``, or no
-    labels), or its training / held-out part (:func:`selfsup.data.splits.heldout_split`)."""
+    labels), or its training / held-out part (:func:`selfsup.data.splits.heldout_split`).
+    ``path`` and the loading ``settings`` identify the whole (with the file's modification time)."""
     if not fraction:
         dataset = load_whole()
         dataset.origin = dataset.origin or f"{source} (all images)"
         return dataset
+    try:
+        mtime = path.stat().st_mtime_ns
+    except OSError:
+        mtime = 0
+    key = (str(path.resolve()), *settings, mtime)
     part = "train" if split == "train" else "heldout"
     pending = _PENDING.pop((key, fraction, part), None)
     if pending is not None:
@@ -287,12 +283,10 @@ def _split_of(key: tuple, source: str, split: str, fraction: float | None, load_
     return parts[part]
 
 
-def _load_layout(
-    root: Path, layout: dict[str, Path], split: str, image_size: int, max_memory_bytes: int, max_image_pixels: int
-) -> ImageSet:
-    """A split folder of the ImageFolder layout, with the class indices of ``train/``."""
+def _load_layout(root: Path, layout: dict[str, Path], split: str, load: Callable[[Path], ImageSet]) -> ImageSet:
+    """A split folder of the ImageFolder layout (read by ``load``), with the class indices of ``train/``."""
     folder = layout_folder(layout, split)
-    dataset = load_folder(folder, image_size, split, max_memory_bytes=max_memory_bytes, max_image_pixels=max_image_pixels)
+    dataset = load(folder)
     dataset.name, dataset.origin = root.name, str(folder)
     if folder == layout["train"]:
         return dataset
@@ -314,40 +308,28 @@ def _load_npz(
 ) -> tuple[ImageSet, int | None]:
     """(the split of a packed or raw-array .npz, the ``limit`` still to apply)."""
     splits = packed_splits(path)
-    raw = None if splits else raw_layout(_npz_files(path))
-    if raw is not None:
-        if raw == [""] or not ({"test", "val"} & set(raw)):
-            which = raw[0]
-            key = (str(path.resolve()), which, image_size, _mtime(path))
-            dataset = _split_of(key, source, split, fraction, lambda: load_raw(path, which, image_size=image_size))
-            return dataset, limit
-        return _own_split(path, raw, split, lambda s: load_raw(path, s, image_size=image_size)), limit
+    raw = None
+    if not splits:
+        with np.load(path, allow_pickle=False) as archive:
+            raw = raw_layout(archive.files)
+    if raw is not None and not {"test", "val"} & set(raw):  # one ``images`` array, or ``train_images`` only
+        whole = partial(load_raw, path, raw[0], image_size=image_size)
+        return _split_of(path, (raw[0], image_size), source, split, fraction, whole), limit
     if splits == ["train"] and fraction:
-        key = (str(path.resolve()), "train", image_size, _mtime(path))
-        return _split_of(key, source, split, fraction, lambda: load_packed(path, "train", image_size=image_size)), limit
-    if split != "train" and split not in splits:
-        alternatives = [s for s in ("test", "val") if s in splits]
-        if not alternatives:
+        whole = partial(load_packed, path, "train", image_size=image_size)
+        return _split_of(path, ("train", image_size), source, split, fraction, whole), limit
+    # Otherwise the file's own split: test and val stand for each other.
+    order = serving_order(split)
+    which = next((name for name in order if name in (raw or splits)), None)
+    if raw is not None:
+        if which is None:
+            held = ", ".join(f"{s}_images" for s in raw)
+            raise DataError(f"'{path}' has no {' or '.join(order)} images (it holds: {held}).")
+        dataset = load_raw(path, which, image_size=image_size)
+    else:
+        if which is None and split != "train":
             raise DataError(f"packed file '{path}' has no test or val split to evaluate on.")
-        split = alternatives[0]
-    with np.load(path, allow_pickle=False) as archive:
-        count = len(archive[f"{split}_labels"]) if f"{split}_labels" in archive.files else 0
-    dataset = load_packed(path, split, _subset_indices(count, limit, seed), image_size=image_size)
-    dataset.origin = f"{path} ({split} split)"
-    return dataset, None
-
-
-def _npz_files(path: Path) -> list[str]:
-    with np.load(path, allow_pickle=False) as archive:
-        return list(archive.files)
-
-
-def _own_split(path: Path, present: list[str], split: str, load: Callable[[str], ImageSet]) -> ImageSet:
-    """The split a raw-array file has for ``split`` (test and val stand for each other)."""
-    order = ("train",) if split == "train" else _HELDOUT_ORDER[split]
-    for name in order:
-        if name in present:
-            dataset = load(name)
-            dataset.origin = f"{path} ({name} split)"
-            return dataset
-    raise DataError(f"'{path}' has no {' or '.join(order)} images (it holds: {', '.join(f'{s}_images' for s in present)}).")
+        which = which or split  # no train split: load_packed says which splits the file holds
+        dataset, limit = _load_packed_limited(path, which, limit, seed, image_size=image_size), None
+    dataset.origin = f"{path} ({which} split)"
+    return dataset, limit

@@ -23,7 +23,6 @@ from pathlib import Path
 import torch
 
 SPLIT_SEED = 0
-DEFAULT_VAL_FRACTION = 0.1
 # Names of the split folders of the ImageFolder layout, and which one serves each requested split.
 SPLIT_FOLDERS = ("train", "val", "test")
 _HELDOUT_ORDER = {"test": ("test", "val"), "val": ("val", "test")}
@@ -33,10 +32,7 @@ def split_layout(root: str | Path) -> dict[str, Path] | None:
     """``{"train": root/train, "val": ..., "test": ...}`` (those present) when ``root`` follows the
     ImageFolder layout: its visible subfolders are ``train`` and at least one of ``val``/``test``,
     and nothing else. None otherwise (then its subfolders are classes)."""
-    root = Path(root)
-    if not root.is_dir():
-        return None
-    try:
+    try:  # not a folder (or missing, or unreadable): OSError
         subdirs = {entry.name: Path(entry.path) for entry in os.scandir(root) if entry.is_dir() and not entry.name.startswith(".")}
     except OSError:
         return None
@@ -45,14 +41,15 @@ def split_layout(root: str | Path) -> dict[str, Path] | None:
     return {name: subdirs[name] for name in SPLIT_FOLDERS if name in subdirs}
 
 
+def serving_order(split: str) -> tuple[str, ...]:
+    """The splits that can serve ``split``, preferred first: train itself; test or val, either
+    standing for the other."""
+    return ("train",) if split == "train" else _HELDOUT_ORDER[split]
+
+
 def layout_folder(layout: dict[str, Path], split: str) -> Path:
     """The folder of ``layout`` that serves ``split`` (train, or test/val, either standing for the other)."""
-    if split == "train":
-        return layout["train"]
-    for name in _HELDOUT_ORDER[split]:
-        if name in layout:
-            return layout[name]
-    raise KeyError(split)  # split_layout guarantees one of them
+    return layout[next(name for name in serving_order(split) if name in layout)]  # split_layout guarantees one
 
 
 def heldout_split(labels: torch.Tensor, fraction: float, seed: int = SPLIT_SEED) -> tuple[torch.Tensor, torch.Tensor]:
@@ -65,11 +62,7 @@ def heldout_split(labels: torch.Tensor, fraction: float, seed: int = SPLIT_SEED)
     for c in sorted(set(labels[labels >= 0].tolist())):
         members = torch.nonzero(labels == c).flatten()
         count = len(members)
-        take = int(fraction * count + 0.5)
-        if fraction > 0 and count >= 2:
-            take = min(max(take, 1), count - 1)
-        else:
-            take = 0
+        take = min(max(int(fraction * count + 0.5), 1), count - 1) if fraction > 0 and count >= 2 else 0
         # One permutation per class, drawn in class order from one generator: the split depends
         # only on the labels, the fraction and the seed.
         held.append(members[torch.randperm(count, generator=generator)[:take]])
