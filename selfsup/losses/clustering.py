@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from ..nn.dist import all_reduce_sum, is_distributed
 
-__all__ = ["sinkhorn", "swav_loss"]
+__all__ = ["sinkhorn", "swav_loss", "swapped_cross_entropy"]
 
 
 @torch.no_grad()
@@ -67,11 +67,16 @@ def swav_loss(scores: Sequence[torch.Tensor], codes: Sequence[torch.Tensor], tem
     if len(codes) > len(scores) or len(scores) < 2:
         raise ValueError(f"need >= 2 views and at most one code per view, got {len(scores)} views and {len(codes)} codes")
     with torch.autocast(device_type=scores[0].device.type, enabled=False):
-        log_p = F.log_softmax(torch.stack([s.float() for s in scores]) / temperature, dim=-1)  # (V, B, K)
-        q = torch.stack([c.detach().float() for c in codes])  # (A, B, K)
-        batch = log_p.shape[1]
-        # cross[i, v] = -1/B sum_b sum_k q_i log p_v: every (code, view) pair in one contraction.
-        cross = -torch.einsum("abk,vbk->av", q, log_p) / batch
-        mask = torch.ones_like(cross)
-        mask.fill_diagonal_(0.0)  # code i is never predicted from its own view
-        return (cross * mask).sum() / mask.sum()
+        return swapped_cross_entropy(torch.stack([c.detach().float() for c in codes]), scores, temperature)
+
+
+def swapped_cross_entropy(targets: torch.Tensor, scores: Sequence[torch.Tensor], temperature: float) -> torch.Tensor:
+    """The cross-entropy of SwAV's and DINO's losses: ``targets`` ``(A, B, K)`` (distributions of the
+    first A views) against ``log p_v = log_softmax(scores[v] / temperature)`` of every view, averaged
+    over the pairs ``(i, v != i)`` (a view never predicts its own target). float32."""
+    log_p = F.log_softmax(torch.stack([s.float() for s in scores]) / temperature, dim=-1)  # (V, B, K)
+    # cross[i, v] = -1/B sum_b sum_k targets_i log p_v: every (target, view) pair in one contraction.
+    cross = -torch.einsum("abk,vbk->av", targets, log_p) / log_p.shape[1]
+    mask = torch.ones_like(cross)
+    mask.fill_diagonal_(0.0)
+    return (cross * mask).sum() / mask.sum()

@@ -9,10 +9,6 @@ import torch.nn.functional as F
 __all__ = ["info_nce", "mocov3_loss", "nt_xent", "nt_xent_anchors"]
 
 
-def _f32(*tensors: torch.Tensor) -> list[torch.Tensor]:
-    return [t.float() for t in tensors]
-
-
 def nt_xent_anchors(
     anchors1: torch.Tensor,
     anchors2: torch.Tensor,
@@ -25,17 +21,15 @@ def nt_xent_anchors(
     :func:`nt_xent`): ``anchors1``/``anchors2`` are rows ``offset .. offset + n`` of
     ``all1``/``all2``. Averaging this over equal slices gives :func:`nt_xent` of the whole batch."""
     with torch.autocast(device_type=anchors1.device.type, enabled=False):
-        a1, a2, b1, b2 = _f32(anchors1, anchors2, all1, all2)
-        n, total = a1.shape[0], b1.shape[0]
-        queries = F.normalize(torch.cat((a1, a2)), dim=1)  # (2n, D)
-        keys = F.normalize(torch.cat((b1, b2)), dim=1)  # (2N, D)
+        n, total = anchors1.shape[0], all1.shape[0]
+        queries = F.normalize(torch.cat((anchors1.float(), anchors2.float())), dim=1)  # (2n, D)
+        keys = F.normalize(torch.cat((all1.float(), all2.float())), dim=1)  # (2N, D)
         logits = queries @ keys.T / temperature
-        rows = torch.arange(2 * n, device=logits.device)
-        local = torch.cat((torch.arange(n), torch.arange(n))).to(logits.device) + offset
-        self_cols = local + torch.cat((torch.zeros(n), torch.full((n,), total))).to(logits.device, torch.long)
-        positive_cols = local + torch.cat((torch.full((n,), total), torch.zeros(n))).to(logits.device, torch.long)
+        local = torch.arange(n, device=logits.device) + offset  # the anchors' rows in all1 / all2
+        self_cols, positive_cols = torch.cat((local, local + total)), torch.cat((local + total, local))
         # An anchor is never its own negative: mask sim(z_i, z_i) out of the denominator.
-        logits = logits.index_put((rows, self_cols), torch.tensor(float("-inf"), device=logits.device))
+        rows = torch.arange(2 * n, device=logits.device)
+        logits = logits.index_put((rows, self_cols), logits.new_tensor(float("-inf")))
         return F.cross_entropy(logits, positive_cols)
 
 

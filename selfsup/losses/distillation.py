@@ -7,6 +7,8 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
+from .clustering import swapped_cross_entropy
+
 __all__ = ["dino_loss"]
 
 
@@ -35,14 +37,8 @@ def dino_loss(
             f"need >= 2 student views and at most one teacher view per student view, got "
             f"{len(student_outputs)} and {len(teacher_outputs)}"
         )
-    device_type = student_outputs[0].device.type
-    with torch.autocast(device_type=device_type, enabled=False):
+    with torch.autocast(device_type=student_outputs[0].device.type, enabled=False):
         center = center.detach().float()
         targets = torch.stack([F.softmax((t.detach().float() - center) / teacher_temperature, dim=-1) for t in teacher_outputs])
-        log_p = F.log_softmax(torch.stack([s.float() for s in student_outputs]) / student_temperature, dim=-1)
-        batch = log_p.shape[1]
-        # cross[i, v] = -1/B sum_b sum_k P_t[i] log P_s[v]: every (teacher, student) pair at once.
-        cross = -torch.einsum("tbk,vbk->tv", targets, log_p) / batch
-        mask = torch.ones_like(cross)
-        mask.fill_diagonal_(0.0)  # the student never predicts the teacher's output for the same view
-        return (cross * mask).sum() / mask.sum()
+        # The student never predicts the teacher's output for the same view.
+        return swapped_cross_entropy(targets, student_outputs, student_temperature)

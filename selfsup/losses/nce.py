@@ -31,8 +31,12 @@ from typing import Callable, Literal
 import torch
 import torch.nn.functional as F
 
+from ..nn.dist import all_reduce_mean
+from .contrastive import info_nce
+
 __all__ = [
     "cross_view_softmax",
+    "held_nce",
     "memory_softmax",
     "multiview_objective",
     "multiview_pairs",
@@ -95,6 +99,18 @@ def nce_loss(
         return (data_term + noise_term).mean()
 
 
+def held_nce(
+    positive: torch.Tensor, noise: torch.Tensor, temperature: float, held: torch.Tensor, num_samples: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`nce_loss` with eq. 7's Z held once estimated (the official ``NCEAverage``): ``held``
+    where it is > 0, else this batch's :func:`nce_normalizer` averaged over the processes (so it is
+    the global batch's). Returns the loss and the Z it used, for the method to keep."""
+    scores = torch.cat((positive[:, None], noise), dim=1)
+    estimate = all_reduce_mean(nce_normalizer(scores, temperature, num_samples))
+    normalizer = torch.where(held > 0, held, estimate)
+    return nce_loss(positive, noise, temperature, normalizer, num_samples), normalizer
+
+
 def memory_softmax(positive: torch.Tensor, negatives: torch.Tensor, temperature: float) -> torch.Tensor:
     """Softmax cross-entropy over one positive and K sampled negatives (CMC's ``--softmax``,
     the "Softmax-CE" of its official code, HobbitLong/CMC; arXiv 1906.05849 section 3.2):
@@ -122,13 +138,8 @@ def cross_view_softmax(
 
     ``anchors`` are rows ``offset .. offset + B`` of the batch that ``contrasts`` covers (the
     distributed form: each rank's anchors against the gathered views; averaged over equal slices
-    it equals the loss of the whole batch)."""
-    with _no_autocast(anchors):
-        a = F.normalize(anchors.float(), dim=1)
-        c = F.normalize(contrasts.float(), dim=1)
-        logits = a @ c.T / temperature
-        target = torch.arange(a.shape[0], device=logits.device) + offset
-        return F.cross_entropy(logits, target)
+    it equals the loss of the whole batch). The same computation as MoCo v3's in-batch InfoNCE."""
+    return info_nce(anchors, contrasts, temperature=temperature, offset=offset)
 
 
 def multiview_pairs(num_views: int, graph: Literal["core", "full"]) -> list[tuple[int, int]]:
@@ -150,9 +161,4 @@ def multiview_objective(
     ``L(V_i, V_j) = L^{V_i -> V_j} + L^{V_j -> V_i}`` (section 3.1), the pairs of the core view
     (``L_C = sum_{j>1} L(V_1, V_j)``) or of the full graph (``L_F = sum_{i<j} L(V_i, V_j)``).
     ``directional_loss(i, j)`` is the loss of anchors from view i contrasted against view j."""
-    total = None
-    for i, j in multiview_pairs(num_views, graph):
-        pair = directional_loss(i, j) + directional_loss(j, i)
-        total = pair if total is None else total + pair
-    assert total is not None
-    return total
+    return sum(directional_loss(i, j) + directional_loss(j, i) for i, j in multiview_pairs(num_views, graph))

@@ -43,9 +43,7 @@ def barlow_twins(z1: torch.Tensor, z2: torch.Tensor, lambda_: float = 0.0051, ep
     """
     _check_pair(z1, z2, "barlow_twins")
     with torch.autocast(device_type=z1.device.type, enabled=False):
-        a, b = z1.float(), z2.float()
-        a = (a - a.mean(dim=0)) / torch.sqrt(a.var(dim=0, unbiased=False) + eps)
-        b = (b - b.mean(dim=0)) / torch.sqrt(b.var(dim=0, unbiased=False) + eps)
+        a, b = ((z - z.mean(dim=0)) / torch.sqrt(z.var(dim=0, unbiased=False) + eps) for z in (z1.float(), z2.float()))
         c = a.T @ b / a.shape[0]
         on_diagonal = (torch.diagonal(c) - 1).pow(2).sum()
         return on_diagonal + lambda_ * _off_diagonal(c).pow(2).sum()
@@ -72,13 +70,8 @@ def vicreg_terms(
         invariance = (a - b).pow(2).mean()
         a, b = a - a.mean(dim=0), b - b.mean(dim=0)
         n, d = a.shape
-        variance = a.new_zeros(())
-        covariance = a.new_zeros(())
-        for z in (a, b):
-            std = torch.sqrt(z.var(dim=0) + eps)
-            variance = variance + torch.relu(gamma - std).mean()
-            cov = z.T @ z / (n - 1)
-            covariance = covariance + _off_diagonal(cov).pow(2).sum() / d
+        variance = sum(torch.relu(gamma - torch.sqrt(z.var(dim=0) + eps)).mean() for z in (a, b))
+        covariance = sum(_off_diagonal(z.T @ z / (n - 1)).pow(2).sum() / d for z in (a, b))
         return invariance, variance, covariance
 
 

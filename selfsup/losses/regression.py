@@ -71,11 +71,8 @@ def simsiam_loss(
     ``symmetric=False`` gives the paper's asymmetric variant ``D(p1, sg(z2))`` (Table 5).
     The minimum is -1 in both forms.
     """
-    if not symmetric:
-        return negative_cosine(prediction1, target2, stop_gradient)
-    return 0.5 * negative_cosine(prediction1, target2, stop_gradient) + 0.5 * negative_cosine(
-        prediction2, target1, stop_gradient
-    )
+    loss = negative_cosine(prediction1, target2, stop_gradient)
+    return 0.5 * loss + 0.5 * negative_cosine(prediction2, target1, stop_gradient) if symmetric else loss
 
 
 @torch.no_grad()

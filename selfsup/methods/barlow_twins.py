@@ -11,8 +11,7 @@ import torch
 from ..errors import ConfigError
 from ..losses import barlow_twins, normalized_output_std
 from ..nn import MLP, gather_with_grad
-from ..nn.backbones import SMALL_IMAGE
-from .base import Method, MethodConfig, RecipeChoice, mlp_dims
+from .base import Method, MethodConfig, RecipeChoice, mlp_dims, small_images
 from .registry import register
 
 
@@ -33,14 +32,8 @@ class BarlowTwinsConfig(MethodConfig):
     # SyncBatchNorm, the loss's standardization included.
     sync_bn: bool = True
 
-    def validate(self) -> None:
-        super().validate()
-        for name in ("proj_hidden_dim", "proj_output_dim"):
-            value = getattr(self, name)
-            if value is not None and value < 1:
-                raise ConfigError(f"barlow_twins {name} must be >= 1 (or null for the default), got {value}.")
-        if self.proj_layers < 1:
-            raise ConfigError(f"barlow_twins proj_layers must be >= 1, got {self.proj_layers}.")
+    def validate_fields(self) -> None:
+        projector_checks(self, "barlow_twins")
         if self.lambda_ < 0 or self.scale_loss <= 0:
             raise ConfigError(f"barlow_twins lambda_ must be >= 0 and scale_loss > 0; got {self.lambda_} and {self.scale_loss}.")
 
@@ -49,7 +42,21 @@ def projector_width(value: int | None, backbone) -> int:  # noqa: ANN001
     """A projector width left unset: 8192 (the papers' ImageNet width) above 64 px, 2048 at CIFAR scale."""
     if value is not None:
         return value
-    return 2048 if int(backbone.build_args.get("image_size", 224)) <= SMALL_IMAGE else 8192
+    return 2048 if small_images(backbone) else 8192
+
+
+def projector_checks(config: MethodConfig, method: str) -> None:
+    """Barlow Twins' and VICReg's projector widths (>= 1 or None) and layer count (>= 1)."""
+    unset = "{name} must be >= 1 (or null for the default), got {value}."
+    config.check_positive("proj_hidden_dim", "proj_output_dim", message=f"{method} {unset}")
+    config.check_positive("proj_layers", message=f"{method} {{name}} must be >= 1, got {{value}}.")
+
+
+def wide_projector(backbone, config: MethodConfig) -> MLP:  # noqa: ANN001
+    """Barlow Twins' and VICReg's projector: widths from ``projector_width``, ``proj_layers`` linear layers."""
+    hidden = projector_width(config.proj_hidden_dim, backbone)
+    output = projector_width(config.proj_output_dim, backbone)
+    return MLP(backbone.feature_dim, hidden, output, num_layers=config.proj_layers)
 
 
 @register
@@ -72,21 +79,16 @@ class BarlowTwins(Method):
     # official main.py: --learning-rate-weights 0.2, its biases and BN parameters at 0.0048 with
     # no decay and no LARS adaptation; the engine runs them at the weights' rate), 10 warmup epochs.
     optim_defaults = {"optimizer": "lars", "lr": 0.2, "weight_decay": 1.5e-6}
+    # BYOL's asymmetric views (official Transform: blur 1.0 / 0.1, solarization 0 / 0.2), blur
+    # off on small images (solo-learn's cifar asymmetric.yaml).
+    recipe = RecipeChoice("byol")
 
     def __init__(self, backbone, config: BarlowTwinsConfig) -> None:  # noqa: ANN001
-        config.validate()
         super().__init__(backbone, config)
-        hidden = projector_width(config.proj_hidden_dim, backbone)
-        output = projector_width(config.proj_output_dim, backbone)
-        self.projector = MLP(backbone.feature_dim, hidden, output, num_layers=config.proj_layers)
+        self.projector = wide_projector(backbone, config)
 
     def describe(self) -> dict[str, Any]:
         return {"lambda": self.config.lambda_, "scale_loss": self.config.scale_loss, "projector": mlp_dims(self.projector)}
-
-    def default_recipe(self, image_size: int) -> RecipeChoice:
-        # BYOL's asymmetric views (official Transform: blur 1.0 / 0.1, solarization 0 / 0.2), blur
-        # off on small images (solo-learn's cifar asymmetric.yaml).
-        return RecipeChoice("byol")
 
     def forward(self, views: list[torch.Tensor], index: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         # Each view is its own pass (BN statistics per view), as the official forward.

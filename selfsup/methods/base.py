@@ -3,9 +3,9 @@
 A method owns its networks and its loss. The engine only calls what is declared here:
 
 - ``forward(views, index=None) -> dict`` with a ``"loss"`` tensor and any scalars worth logging;
-- ``default_recipe(image_size)``: the views it wants, by recipe name and overrides;
+- ``default_recipe(image_size)``: the views it wants, by recipe name and overrides (default: ``recipe``);
 - ``ema_pairs()``: ``(online, target)`` modules the engine updates by EMA after each optimizer step,
-  with the momentum ``ema_momentum(progress)``;
+  with the momentum ``ema_momentum(progress)`` (by default the attributes named in ``ema_targets``);
 - ``before_optimizer_step(progress)``: gradient surgery (e.g. frozen prototypes in SwAV's first epoch);
 - ``after_optimizer_step(progress)``: queue, memory-bank and normalisation updates (never in forward);
 - ``representation(images)``: the features a probe uses (the backbone's by default);
@@ -15,7 +15,8 @@ A method owns its networks and its loss. The engine only calls what is declared 
 - ``default_backbone``: the backbone a config that names none gets (MAE: a ViT);
 - ``report_images(images)``: pictures for ``selfsup report`` (MAE's reconstructions).
 
-Each method declares ``Config``, a dataclass of its hyper-parameters with the paper's defaults.
+Each method declares ``Config``, a dataclass of its hyper-parameters with the paper's defaults
+(a ``MethodConfig``: see method_config.py for its checks).
 """
 
 from __future__ import annotations
@@ -26,20 +27,10 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from ..nn.backbones import Backbone
-
-
-@dataclasses.dataclass
-class MethodConfig:
-    """Base of every method's configuration; subclasses add fields with the paper's defaults."""
-
-    def validate(self) -> None:
-        for field in dataclasses.fields(self):
-            if field.name.endswith("temperature") and isinstance(getattr(self, field.name), (int, float)):
-                if getattr(self, field.name) <= 0:
-                    from ..errors import ConfigError
-
-                    raise ConfigError(f"{field.name} must be > 0, got {getattr(self, field.name)}.")
+from ..nn.backbones import Backbone, is_vit, small_images  # noqa: F401  (small_images: for the methods)
+from ..nn.ema import cosine_momentum, frozen_copy
+from ..nn.heads import mlp_dims  # noqa: F401  (for the methods)
+from .method_config import MethodConfig
 
 
 @dataclasses.dataclass
@@ -90,12 +81,22 @@ class Method(nn.Module):
     # The backbone a config that names none gets (MAE, which masks a ViT's patch tokens: a ViT);
     # None: the data source's default.
     default_backbone: ClassVar[str | None] = None
+    # The optimizer defaults for ViT backbones where the paper's differ from ``optim_defaults``
+    # (MoCo v3: LARS for ResNets, AdamW for ViTs); None: ``optim_defaults`` for every backbone.
+    vit_optim_defaults: ClassVar[dict[str, Any] | None] = None
+    # EMA targets: online attribute -> the attribute of its frozen copy (BYOL's target, MoCo's key
+    # encoder, DINO's teacher), made by ``make_ema_targets`` and listed by ``ema_pairs``.
+    ema_targets: ClassVar[dict[str, str]] = {}
+    # A step schedule (lr x0.1 at each milestone): the paper's epoch count, then its milestones,
+    # which defaults_for scales to the run's epochs. Empty: the engine's schedule.
+    lr_steps: ClassVar[tuple[int, ...]] = ()
+    # The views of a method whose recipe does not depend on the image size (default_recipe).
+    recipe: ClassVar[RecipeChoice] = RecipeChoice("simclr")
 
     @classmethod
     def optim_defaults_for(cls, backbone: str) -> dict[str, Any]:
-        """``optim_defaults`` for a backbone name; override where the paper's optimizer depends on
-        the architecture (MoCo v3: LARS for ResNets, AdamW for ViTs)."""
-        return dict(cls.optim_defaults)
+        """``optim_defaults`` for a backbone name: ``vit_optim_defaults`` for a ViT where set."""
+        return dict(cls.vit_optim_defaults if cls.vit_optim_defaults and is_vit(backbone) else cls.optim_defaults)
 
     @classmethod
     def defaults_for(cls, backbone: str, epochs: int) -> dict[str, Any]:
@@ -104,7 +105,11 @@ class Method(nn.Module):
         ``"method_args"``, fields of the method's ``Config``. ``TrainConfig.resolve`` uses them
         where the config leaves a field unset. Override where the paper's preset depends on the
         epochs (BYOL, MoCo v3) or the architecture (DINO on a ResNet)."""
-        return cls.optim_defaults_for(backbone)
+        defaults = cls.optim_defaults_for(backbone)
+        if cls.lr_steps:
+            paper_epochs, *milestones = cls.lr_steps
+            defaults.update(lr_schedule="step", lr_milestones=[round(m * epochs / paper_epochs, 3) for m in milestones])
+        return defaults
 
     def describe(self) -> dict[str, Any]:
         """Method-specific facts a run would use (temperatures, head sizes, queue and bank sizes),
@@ -112,24 +117,31 @@ class Method(nn.Module):
         return {}
 
     def __init__(self, backbone: Backbone, config: MethodConfig) -> None:
+        config.validate()
         super().__init__()
         self.backbone = backbone
         self.config = config
         self.progress = Progress()  # set by the engine before every step
 
+    def make_ema_targets(self) -> None:
+        """Create the frozen copies named in ``ema_targets``, in its order, of the online modules."""
+        for online, target in self.ema_targets.items():
+            setattr(self, target, frozen_copy(getattr(self, online)))
+
     # -- data ---------------------------------------------------------------------------------
     def default_recipe(self, image_size: int) -> RecipeChoice:
-        return RecipeChoice("simclr")
+        return dataclasses.replace(self.recipe, overrides=dict(self.recipe.overrides))  # a copy of ``recipe``
 
     # -- training hooks ----------------------------------------------------------------------
     def forward(self, views: list[torch.Tensor], index: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         raise NotImplementedError
 
     def ema_pairs(self) -> list[tuple[nn.Module, nn.Module]]:
-        return []
+        return [(getattr(self, online), getattr(self, target)) for online, target in self.ema_targets.items()]
 
     def ema_momentum(self, progress: Progress) -> float:
-        return 1.0
+        """BYOL's cosine from the config's ``ema_momentum`` up to 1 (MoCo v3, DINO); 1 without one."""
+        return cosine_momentum(getattr(self.config, "ema_momentum", 1.0), progress.fraction)
 
     def before_optimizer_step(self, progress: Progress) -> None:
         """Called after backward, before the optimizer step (e.g. to zero frozen gradients)."""
@@ -181,16 +193,3 @@ class Method(nn.Module):
 
         return ops.normalize(ops.to_float(images), IMAGENET_MEAN, IMAGENET_STD)
 
-
-def mlp_dims(module: nn.Module) -> dict[str, Any]:
-    """A head's shape for descriptions: the widths of its linear layers and where its BNs are
-    (``last_bn``: "affine", "scale" (no shift), "plain" or None)."""
-    linears = [m for m in module.modules() if isinstance(m, nn.Linear)]
-    norms = [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    children = list(module.children())
-    last = children[-1] if children else None
-    last_bn = None
-    if isinstance(last, nn.modules.batchnorm._BatchNorm):
-        last_bn = "plain" if last.weight is None else ("scale" if last.bias is None else "affine")
-    dims = [linears[0].in_features] + [m.out_features for m in linears] if linears else []
-    return {"dims": dims, "batch_norms": len(norms), "last_bn": last_bn}

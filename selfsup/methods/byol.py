@@ -8,25 +8,25 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from torch import nn
 
 from ..errors import ConfigError
 from ..losses import byol_loss, normalized_output_std
-from ..nn import MLP, cosine_momentum, frozen_copy
+from ..nn import MLP, cosine_momentum
 from .base import Method, MethodConfig, Progress, RecipeChoice, mlp_dims
 from .registry import register
 
 # The official presets per epoch count (deepmind-research byol/configs/byol.py: _LR_PRESETS,
-# _WD_PRESETS, _EMA_PRESETS): base lr per 256 images, weight decay, base target momentum.
+# _WD_PRESETS, _EMA_PRESETS): base lr per 256 images, weight decay, base target momentum. A run
+# uses the nearest of 40, 100, 300 and 1,000 epochs on a log scale (nearest_preset).
 BYOL_PRESETS: dict[int, tuple[float, float, float]] = {
     40: (0.45, 1e-6, 0.97), 100: (0.45, 1e-6, 0.99), 300: (0.3, 1e-6, 0.99), 1000: (0.2, 1.5e-6, 0.996),
 }
 
 
-def byol_preset(epochs: int) -> int:
-    """The official preset a run of ``epochs`` uses: the nearest of 40, 100, 300 and 1,000 epochs
-    on a log scale (boundaries at their geometric means: 63, 173 and 548 epochs)."""
-    return min(BYOL_PRESETS, key=lambda anchor: abs(math.log(max(epochs, 1) / anchor)))
+def nearest_preset(presets: dict[int, Any], epochs: int) -> Any:
+    """The preset of the epoch count nearest ``epochs`` on a log scale (boundaries at the geometric
+    means of neighbouring counts: for 40, 100, 300 and 1,000 epochs, 63, 173 and 548)."""
+    return presets[min(presets, key=lambda anchor: abs(math.log(max(epochs, 1) / anchor)))]
 
 
 @dataclass
@@ -43,13 +43,10 @@ class BYOLConfig(MethodConfig):
     # BN statistics over the global batch when distributed (the official code's cross_replica_axis).
     sync_bn: bool = True
 
-    def validate(self) -> None:
-        super().validate()
+    def validate_fields(self) -> None:
         if not 0.0 <= self.tau_base <= 1.0:
             raise ConfigError(f"tau_base must be in [0, 1], got {self.tau_base} (BYOL: 0.99, or 0.996 for 1,000 epochs).")
-        for name in ("proj_hidden_dim", "proj_output_dim", "pred_hidden_dim"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}.")
+        self.check_positive("proj_hidden_dim", "proj_output_dim", "pred_hidden_dim")
 
 
 @register
@@ -80,19 +77,17 @@ class BYOL(Method):
 
     @classmethod
     def defaults_for(cls, backbone: str, epochs: int) -> dict[str, Any]:
-        lr, weight_decay, tau = BYOL_PRESETS[byol_preset(epochs)]
+        lr, weight_decay, tau = nearest_preset(BYOL_PRESETS, epochs)
         return {"optimizer": "lars", "lr": lr, "weight_decay": weight_decay, "method_args": {"tau_base": tau}}
 
+    ema_targets = {"backbone": "target_backbone", "projector": "target_projector"}
+    recipe = RecipeChoice("byol")
+
     def __init__(self, backbone, config: BYOLConfig) -> None:  # noqa: ANN001
-        config.validate()
         super().__init__(backbone, config)
         self.projector = MLP(backbone.feature_dim, config.proj_hidden_dim, config.proj_output_dim)
         self.predictor = MLP(config.proj_output_dim, config.pred_hidden_dim, config.proj_output_dim)
-        self.target_backbone = frozen_copy(self.backbone)
-        self.target_projector = frozen_copy(self.projector)
-
-    def default_recipe(self, image_size: int) -> RecipeChoice:
-        return RecipeChoice("byol")
+        self.make_ema_targets()
 
     def forward(self, views: list[torch.Tensor], index: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         # Each view is its own pass, so BN normalizes each view with its own batch statistics, as
@@ -104,9 +99,6 @@ class BYOL(Method):
         loss = byol_loss(predictions[0], predictions[1], targets[0], targets[1])
         # The collapse monitor of SimSiam's Figure 2 on the online projection (1/sqrt(d) if spread).
         return {"loss": loss, "output_std": normalized_output_std(projections[0])}
-
-    def ema_pairs(self) -> list[tuple[nn.Module, nn.Module]]:
-        return [(self.backbone, self.target_backbone), (self.projector, self.target_projector)]
 
     def describe(self) -> dict[str, Any]:
         return {"tau_base": self.config.tau_base, "projector": mlp_dims(self.projector), "predictor": mlp_dims(self.predictor)}

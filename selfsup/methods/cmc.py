@@ -13,8 +13,8 @@ from torch import nn
 from ..augment import ops
 from ..augment.recipes import normalized_lab
 from ..errors import ConfigError
-from ..losses import cross_view_softmax, memory_softmax, multiview_objective, nce_loss, nce_normalizer
-from ..nn import Backbone, all_reduce_mean, gather, gather_with_grad, get_rank, get_world_size
+from ..losses import cross_view_softmax, held_nce, memory_softmax, multiview_objective
+from ..nn import Backbone, gather, gather_with_grad, get_rank
 from ..nn.memory import MemoryBank
 from ..nn.multiview import MultiViewEncoder, view_encoder
 from .base import Method, MethodConfig, RecipeChoice
@@ -43,8 +43,7 @@ class CMCConfig(MethodConfig):
     view_channels: tuple[int, ...] = (1, 2)
     graph: Literal["core", "full"] = "full"  # pairs for > 2 views (section 3.3): with view 0, or all pairs
 
-    def validate(self) -> None:
-        super().validate()
+    def validate_fields(self) -> None:
         if self.contrast not in ("nce", "softmax", "batch"):
             raise ConfigError(f"cmc contrast must be 'nce', 'softmax' or 'batch', got '{self.contrast}'.")
         if self.graph not in ("core", "full"):
@@ -84,18 +83,13 @@ class CMC(Method):
     # Official train_CMC.py (HobbitLong/CMC, the version with ResNets): SGD, --learning_rate 0.03
     # whatever the batch (not scaled), momentum 0.9, --weight_decay 1e-4, no warmup, lr x0.1 at
     # --lr_decay_epochs 250,300,350 of --epochs 400 (scaled with the run's epochs by defaults_for).
-    optim_defaults = {"optimizer": "sgd", "lr": 0.03, "weight_decay": 1e-4}
-
-    @classmethod
-    def defaults_for(cls, backbone: str, epochs: int) -> dict[str, Any]:
-        return {
-            **cls.optim_defaults, "lr_scaling": "none", "warmup_epochs": 0.0, "lr_schedule": "step",
-            "lr_milestones": [round(m * epochs / 400, 3) for m in (250, 300, 350)],
-        }
+    optim_defaults = {"optimizer": "sgd", "lr": 0.03, "weight_decay": 1e-4, "lr_scaling": "none", "warmup_epochs": 0.0}
+    lr_steps = (400, 250, 300, 350)
+    # train_CMC.py: RandomResizedCrop(scale=(--crop_low 0.08, 1)), flip, RGB -> Lab.
+    recipe = RecipeChoice("cmc_lab", {"crop_scale": (0.08, 1.0)})
 
     def __init__(self, backbone, config: CMCConfig) -> None:  # noqa: ANN001
         super().__init__(backbone, config)
-        config.validate()
         channels = tuple(config.view_channels)
         encoders = [view_encoder(backbone, c, config.width) for c in channels]
         self.backbone = Backbone(
@@ -122,10 +116,6 @@ class CMC(Method):
             if num_samples != memory.size or not self._bound:
                 memory.resize(num_samples)
         self._bound = True
-
-    def default_recipe(self, image_size: int) -> RecipeChoice:
-        # train_CMC.py: RandomResizedCrop(scale=(--crop_low 0.08, 1)), flip, RGB -> Lab.
-        return RecipeChoice("cmc_lab", {"crop_scale": (0.08, 1.0)})
 
     def describe(self) -> dict[str, Any]:
         c = self.config
@@ -163,7 +153,7 @@ class CMC(Method):
             if not self._bound and int(index.max()) >= size:
                 raise ConfigError(f"sample index {int(index.max())} is beyond the memory banks ({size} entries); call bind_dataset first.")
             # One draw of negatives per step, shared by every direction (as the official code).
-            noise_index = self.memories[0].sample(batch * get_world_size(), config.num_negatives)[rank * batch : (rank + 1) * batch]
+            noise_index = self.memories[0].sample_local(batch, config.num_negatives)
 
             def directional(i: int, j: int) -> torch.Tensor:
                 memory = self.memories[j]
@@ -171,10 +161,8 @@ class CMC(Method):
                 negatives = memory.similarity(features[i], noise_index)
                 if config.contrast == "softmax":
                     return memory_softmax(positive, negatives, config.temperature)
-                scores = torch.cat((positive[:, None], negatives), dim=1)
-                estimate = all_reduce_mean(nce_normalizer(scores, config.temperature, size))
-                normalizers[i, j] = torch.where(normalizers[i, j] > 0, normalizers[i, j], estimate)
-                return nce_loss(positive, negatives, config.temperature, normalizers[i, j], size)
+                loss, normalizers[i, j] = held_nce(positive, negatives, config.temperature, normalizers[i, j], size)
+                return loss
 
         loss = multiview_objective(directional, len(channels), config.graph)
         # Banks and Z change only after the optimizer step (after_optimizer_step).
@@ -183,11 +171,10 @@ class CMC(Method):
 
     @torch.no_grad()
     def after_optimizer_step(self, progress) -> None:  # noqa: ANN001
-        if self._pending is None or not len(self.memories):
-            self._pending = None
+        pending, self._pending = self._pending, None
+        if pending is None or not len(self.memories):
             return
-        index, features, normalizers = self._pending
-        self._pending = None
+        index, features, normalizers = pending
         all_index = gather(index)
         for memory, view_features in zip(self.memories, features):
             memory.update(all_index, gather(view_features))

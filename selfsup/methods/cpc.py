@@ -37,17 +37,16 @@ class CPCConfig(MethodConfig):
     patch_stride: int | None = None  # None: half the patch (small images) or v2's 36/260 of the side
     patch_input_size: int | None = None  # upsample each patch to this side for the encoder; None: no resampling
 
-    def validate(self) -> None:
-        super().validate()
+    def validate_fields(self) -> None:
         if self.prediction_steps < 1 or self.context_blocks < 0:
             raise ConfigError(f"cpc prediction_steps must be >= 1 and context_blocks >= 0, got {self.prediction_steps} and {self.context_blocks}.")
         unknown = [d for d in self.directions if d not in DIRECTIONS]
         if not self.directions or unknown or len(set(self.directions)) != len(self.directions):
             raise ConfigError(f"cpc directions must be distinct values among {', '.join(DIRECTIONS)}; got {list(self.directions)}.")
-        for name in ("context_hidden_dim", "patch_size", "patch_stride", "patch_input_size"):
-            value = getattr(self, name)
-            if value is not None and value < 1:
-                raise ConfigError(f"cpc {name} must be >= 1 (or null), got {value}.")
+        self.check_positive(
+            "context_hidden_dim", "patch_size", "patch_stride", "patch_input_size",
+            message="cpc {name} must be >= 1 (or null), got {value}.",
+        )
 
 
 @register

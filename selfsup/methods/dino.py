@@ -8,14 +8,13 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
 
 from ..errors import ConfigError
 from ..losses import dino_loss, normalized_output_std
-from ..nn import all_reduce_sum, cosine_momentum, frozen_copy
+from ..nn import all_reduce_sum
 from ..nn.backbones import SMALL_IMAGE, Backbone, forward_multicrop, is_vit, max_drop_path, without_drop_path
 from ..nn.heads import DINOHead
-from .base import Method, MethodConfig, Progress, RecipeChoice, mlp_dims
+from .base import Method, MethodConfig, Progress, RecipeChoice, mlp_dims, small_images
 from .registry import register
 
 
@@ -50,8 +49,7 @@ class DINOConfig(MethodConfig):
     num_global_views: int = 2  # the teacher sees the first views only: the global crops
     sync_bn: bool = True  # BN (ResNets) over the global batch when distributed, as the official code converts it
 
-    def validate(self) -> None:
-        super().validate()
+    def validate_fields(self) -> None:
         if self.out_dim is not None and self.out_dim < 2:
             raise ConfigError(f"dino out_dim must be >= 2, got {self.out_dim}.")
         if not 0.0 <= self.center_momentum <= 1.0 or not 0.0 <= self.ema_momentum <= 1.0:
@@ -79,20 +77,17 @@ class DINO(Method):
     # 0.04 -> 0.4, biases and norms not decayed (main_dino.py defaults, get_params_groups); the
     # student's stochastic depth 0.1 (--drop_path_rate; the teacher is built without it).
     # Gradient clipping is the method's own (per parameter, ``clip_grad``).
-    optim_defaults = {
+    vit_optim_defaults = {
         "optimizer": "adamw", "lr": 5e-4, "weight_decay": 0.04, "weight_decay_end": 0.4, "min_lr": 1e-6,
         "warmup_epochs": 10.0, "exclude_bias_norm": True,
     }
     # ResNets (and other convnets): the README's ResNet-50 command, --optimizer sgd --lr 0.03
     # --weight_decay 1e-4 --weight_decay_end 1e-4 (constant), with main_dino.py's other defaults.
-    convnet_optim_defaults = {
+    optim_defaults = {
         "optimizer": "sgd", "lr": 0.03, "weight_decay": 1e-4, "min_lr": 1e-6, "warmup_epochs": 10.0,
         "exclude_bias_norm": True,
     }
-
-    @classmethod
-    def optim_defaults_for(cls, backbone: str) -> dict[str, Any]:
-        return dict(cls.optim_defaults if is_vit(backbone) else cls.convnet_optim_defaults)
+    ema_targets = {"backbone": "teacher_backbone", "head": "teacher_head"}
 
     @classmethod
     def defaults_for(cls, backbone: str, epochs: int) -> dict[str, Any]:
@@ -103,15 +98,14 @@ class DINO(Method):
 
     def __init__(self, backbone: Backbone, config: DINOConfig) -> None:
         super().__init__(backbone, config)
-        image_size = int(backbone.build_args.get("image_size", 224))
-        self.out_dim = config.out_dim or (4096 if image_size <= SMALL_IMAGE else 65536)
+        self.out_dim = config.out_dim or (4096 if small_images(backbone) else 65536)
         self.head = DINOHead(
             backbone.feature_dim, self.out_dim, config.hidden_dim, config.bottleneck_dim, config.head_layers,
             config.use_bn_in_head, config.norm_last_layer,
         )
+        self.make_ema_targets()
         # The teacher has no stochastic depth (main_dino.py builds it without drop_path_rate).
-        self.teacher_backbone = without_drop_path(frozen_copy(backbone))
-        self.teacher_head = frozen_copy(self.head)
+        without_drop_path(self.teacher_backbone)
         self.register_buffer("center", torch.zeros(self.out_dim))
         # (sum of this step's teacher outputs, their count): applied after the optimizer step.
         self._pending_center: torch.Tensor | None = None
@@ -161,8 +155,7 @@ class DINO(Method):
         student = self.head(forward_multicrop(self.backbone, views)).split(batch)
         with torch.no_grad():
             embedding = self.teacher_head.embed(forward_multicrop(self.teacher_backbone, views[:num_global]))
-            with torch.autocast(device_type=embedding.device.type, enabled=False):
-                teacher = self.teacher_head.last_layer(embedding)
+            teacher = self.teacher_head.last_layer(embedding)  # float32, outside autocast
         temperature = self.teacher_temperature(self.progress)
         loss = dino_loss(student, teacher.split(batch), self.center, self.config.student_temperature, temperature)
         count = torch.full((1,), float(teacher.shape[0]), device=teacher.device)
@@ -171,17 +164,10 @@ class DINO(Method):
         # gets the same teacher embedding, which centering turns into a uniform teacher (loss ln K).
         return {"loss": loss, "teacher_temperature": torch.tensor(temperature), "output_std": normalized_output_std(embedding[:batch])}
 
-    def ema_pairs(self) -> list[tuple[nn.Module, nn.Module]]:
-        return [(self.backbone, self.teacher_backbone), (self.head, self.teacher_head)]
-
-    def ema_momentum(self, progress: Progress) -> float:
-        return cosine_momentum(self.config.ema_momentum, progress.fraction)
-
     @torch.no_grad()
     def before_optimizer_step(self, progress: Progress) -> None:
-        trainable = [p for p in self.parameters() if p.grad is not None]
-        if self.config.clip_grad and trainable:
-            grads = [p.grad for p in trainable]
+        grads = [p.grad for p in self.parameters() if p.grad is not None]
+        if self.config.clip_grad and grads:
             norms = torch._foreach_norm(grads)
             scales = [torch.clamp(self.config.clip_grad / (n + 1e-6), max=1.0) for n in norms]
             torch._foreach_mul_(grads, scales)

@@ -11,8 +11,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ConfigError
-from ..losses import nce_loss, nce_normalizer, nonparametric_softmax, proximal_term
-from ..nn import all_reduce_mean, gather, get_rank, get_world_size
+from ..losses import held_nce, nonparametric_softmax, proximal_term
+from ..nn import gather
 from ..nn.memory import MemoryBank
 from .base import Method, MethodConfig, RecipeChoice
 from .registry import register
@@ -35,8 +35,7 @@ class InstDiscConfig(MethodConfig):
     # proximal term, and the paper's value could not be checked here (see the class docstring).
     proximal_weight: float = 0.0
 
-    def validate(self) -> None:
-        super().validate()
+    def validate_fields(self) -> None:
         if self.loss not in ("nce", "softmax"):
             raise ConfigError(f"instdisc loss must be 'nce' or 'softmax', got '{self.loss}'.")
         if self.num_noise < 1 or self.embedding_dim < 1:
@@ -79,18 +78,18 @@ class InstDisc(Method):
     # Official main.py (ImageNet): SGD, lr 0.03 whatever the batch (not scaled; batch 256),
     # momentum 0.9, weight decay 1e-4, no warmup, lr x0.1 at epochs 120 and 160 of 200 (scaled
     # with the run's epochs by defaults_for). Its CIFAR-10 script: configs/instdisc_cifar10.yaml.
-    optim_defaults = {"optimizer": "sgd", "lr": 0.03, "weight_decay": 1e-4}
-
-    @classmethod
-    def defaults_for(cls, backbone: str, epochs: int) -> dict[str, Any]:
-        return {
-            **cls.optim_defaults, "lr_scaling": "none", "warmup_epochs": 0.0, "lr_schedule": "step",
-            "lr_milestones": [round(120 * epochs / 200, 3), round(160 * epochs / 200, 3)],
-        }
+    optim_defaults = {"optimizer": "sgd", "lr": 0.03, "weight_decay": 1e-4, "lr_scaling": "none", "warmup_epochs": 0.0}
+    lr_steps = (200, 120, 160)
+    # Official main.py: RandomResizedCrop(scale 0.2-1), RandomGrayscale(0.2) and then
+    # ColorJitter(0.4, 0.4, 0.4, 0.4) always applied, horizontal flip; one view per image.
+    recipe = RecipeChoice(
+        "simclr",
+        dict(count=1, crop_scale=(0.2, 1.0), jitter_p=1.0, brightness=0.4, contrast=0.4, saturation=0.4, hue=0.4,
+             grayscale_p=0.2, grayscale_first=True, blur_p=0.0),
+    )
 
     def __init__(self, backbone, config: InstDiscConfig) -> None:  # noqa: ANN001
         super().__init__(backbone, config)
-        config.validate()
         self.head = nn.Linear(backbone.feature_dim, config.embedding_dim)
         self.memory = MemoryBank(UNBOUND_BANK_SIZE, config.embedding_dim, config.bank_momentum, resize_on_load=True)
         # Z of eq. 7; -1 until estimated from the first batch (a buffer: checkpointed with the model).
@@ -102,15 +101,6 @@ class InstDisc(Method):
         if num_samples != self.memory.size or not self._bound:
             self.memory.resize(num_samples)
         self._bound = True
-
-    def default_recipe(self, image_size: int) -> RecipeChoice:
-        # Official main.py: RandomResizedCrop(scale 0.2-1), RandomGrayscale(0.2) and then
-        # ColorJitter(0.4, 0.4, 0.4, 0.4) always applied, horizontal flip; one view per image.
-        return RecipeChoice(
-            "simclr",
-            dict(count=1, crop_scale=(0.2, 1.0), jitter_p=1.0, brightness=0.4, contrast=0.4, saturation=0.4,
-                 hue=0.4, grayscale_p=0.2, grayscale_first=True, blur_p=0.0),
-        )
 
     def describe(self) -> dict[str, Any]:
         c = self.config
@@ -139,13 +129,10 @@ class InstDisc(Method):
         if config.loss == "softmax":
             loss = nonparametric_softmax(features, memory.bank, index, config.temperature)
         else:
-            batch, rank = features.shape[0], get_rank()
-            noise_index = memory.sample(batch * get_world_size(), config.num_noise)[rank * batch : (rank + 1) * batch]
-            positive = memory.similarity(features, index[:, None])  # (B, 1): v_i^(t-1) . f_i
+            noise_index = memory.sample_local(features.shape[0], config.num_noise)
+            positive = memory.similarity(features, index[:, None])[:, 0]  # v_i^(t-1) . f_i
             noise = memory.similarity(features, noise_index)  # (B, m)
-            estimate = all_reduce_mean(nce_normalizer(torch.cat((positive, noise), 1), config.temperature, memory.size))
-            normalizer = torch.where(self.nce_normalizer > 0, self.nce_normalizer, estimate)
-            loss = nce_loss(positive[:, 0], noise, config.temperature, normalizer, memory.size)
+            loss, normalizer = held_nce(positive, noise, config.temperature, self.nce_normalizer, memory.size)
             out["nce_normalizer"] = normalizer.detach()
         if config.proximal_weight > 0:
             prox = proximal_term(features, memory.bank[index], config.proximal_weight)
@@ -158,10 +145,10 @@ class InstDisc(Method):
 
     @torch.no_grad()
     def after_optimizer_step(self, progress) -> None:  # noqa: ANN001
-        if self._pending is None:
+        pending, self._pending = self._pending, None
+        if pending is None:
             return
-        index, features, normalizer = self._pending
-        self._pending = None
+        index, features, normalizer = pending
         self.memory.update(gather(index), gather(features))
         if self.config.loss == "nce":
             self.nce_normalizer.copy_(normalizer)  # the first estimate, then the same value again

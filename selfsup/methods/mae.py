@@ -13,7 +13,7 @@ from torch import nn
 from ..augment.recipes import IMAGENET_MEAN, IMAGENET_STD
 from ..errors import ConfigError
 from ..losses import mae_loss
-from ..nn import get_rank, get_world_size
+from ..nn import get_world_size, rank_slice
 from ..nn.masking import encode_visible, patchify, random_masking, sincos_pos_embed_2d, unpatchify, vit_body
 from .base import Method, MethodConfig, RecipeChoice
 from .registry import register
@@ -36,8 +36,7 @@ class MAEConfig(MethodConfig):
     # false keeps timm's learned encoder embedding (the decoder's stays fixed).
     sincos_pos_embed: bool = True
 
-    def validate(self) -> None:
-        super().validate()
+    def validate_fields(self) -> None:
         if not 0.0 < self.mask_ratio < 1.0:
             raise ConfigError(f"mae mask_ratio must be in (0, 1), got {self.mask_ratio} (paper: 0.75).")
         if min(self.decoder_dim, self.decoder_depth, self.decoder_heads) < 1:
@@ -115,7 +114,6 @@ class MAE(Method):
     default_backbone = "vit_small"  # ViT-S/4 at 32 px, solo-learn's CIFAR MAE (scripts/pretrain/cifar/mae.yaml)
 
     def __init__(self, backbone, config: MAEConfig) -> None:  # noqa: ANN001
-        config.validate()
         super().__init__(backbone, config)
         body = vit_body(backbone, "mae")
         if getattr(body, "global_pool", "token") != "token":  # pooled features would bypass the trained final norm
@@ -158,9 +156,8 @@ class MAE(Method):
     def forward(self, views: list[torch.Tensor], index: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         images = views[0]
         n, length = images.shape[0], int(self.backbone.body.patch_embed.num_patches)
-        noise = torch.rand(n * get_world_size(), length, device=images.device)[get_rank() * n : (get_rank() + 1) * n]
-        loss, _, _ = self.masked_forward(images, noise)
-        return {"loss": loss}
+        noise = rank_slice(torch.rand(n * get_world_size(), length, device=images.device), n)
+        return {"loss": self.masked_forward(images, noise)[0]}
 
     @torch.no_grad()
     def report_images(self, images: torch.Tensor) -> tuple[str, dict[str, torch.Tensor]]:

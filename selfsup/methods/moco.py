@@ -13,13 +13,11 @@ from torch import nn
 
 from ..errors import ConfigError
 from ..losses import info_nce
-from ..nn import MLP, cosine_momentum, frozen_copy, get_world_size
+from ..nn import MLP, cosine_momentum, get_world_size
 from ..nn.queue import KeyQueue
 from ..nn.shuffle_bn import shuffled_forward, split_batchnorms
-from .base import Method, MethodConfig, Progress, RecipeChoice, mlp_dims
+from .base import Method, MethodConfig, Progress, RecipeChoice, mlp_dims, small_images
 from .registry import register
-
-SMALL_IMAGE = 64  # at or below this side: CIFAR-sized defaults (queue of 4,096)
 
 
 @dataclass
@@ -50,16 +48,13 @@ class MoCoConfig(MethodConfig):
     # true synchronizes it across processes (then W processes equal one process with the global batch).
     sync_bn: bool = False
 
-    def validate(self) -> None:
-        super().validate()
-        if self.queue_size is not None and self.queue_size < 1:
-            raise ConfigError(f"queue_size must be >= 1 (or null for the default), got {self.queue_size}.")
+    def validate_fields(self) -> None:
+        self.check_positive("queue_size", message="{name} must be >= 1 (or null for the default), got {value}.")
         if not 0.0 <= self.ema_momentum <= 1.0 or (self.ema_momentum_end is not None and not 0.0 <= self.ema_momentum_end <= 1.0):
             raise ConfigError(f"ema_momentum (and ema_momentum_end) must be in [0, 1], got {self.ema_momentum} (MoCo: 0.999).")
         if self.embed_dim < 1 or (self.proj_hidden_dim is not None and self.proj_hidden_dim < 1):
             raise ConfigError("embed_dim and proj_hidden_dim must be >= 1.")
-        if self.shuffle_bn_groups < 1:
-            raise ConfigError(f"shuffle_bn_groups must be >= 1, got {self.shuffle_bn_groups}.")
+        self.check_positive("shuffle_bn_groups")
 
 
 @dataclass
@@ -92,27 +87,20 @@ class MoCo(Method):
     # 120 and 160 of 200 (section 4.1; official main_moco.py: --lr 0.03 --schedule 120 160
     # --wd 1e-4 --epochs 200). The milestones scale with the run's epochs (defaults_for).
     optim_defaults = {"optimizer": "sgd", "lr": 0.03, "weight_decay": 1e-4, "warmup_epochs": 0.0}
-
-    @classmethod
-    def defaults_for(cls, backbone: str, epochs: int) -> dict[str, Any]:
-        return {
-            **cls.optim_defaults, "lr_schedule": "step",
-            "lr_milestones": [round(120 * epochs / 200, 3), round(160 * epochs / 200, 3)],
-        }
+    lr_steps = (200, 120, 160)
+    ema_targets = {"backbone": "key_backbone", "head": "key_head"}
 
     def __init__(self, backbone, config: MoCoConfig) -> None:  # noqa: ANN001
-        config.validate()
         super().__init__(backbone, config)
         width = backbone.feature_dim
         if config.mlp_head:
             self.head = MLP(width, config.proj_hidden_dim or width, config.embed_dim, num_layers=2, batch_norm=False)
         else:
             self.head = nn.Linear(width, config.embed_dim)
-        self.key_backbone = frozen_copy(self.backbone)
-        self.key_head = frozen_copy(self.head)
+        self.make_ema_targets()
         self._split_bns = split_batchnorms(self.key_backbone) + split_batchnorms(self.key_head)
-        small = backbone.build_args.get("image_size", 224) <= SMALL_IMAGE
-        size = config.queue_size or (4096 if small else 65536)
+        # CIFAR-scale images (<= 64 px): a queue of 4,096.
+        size = config.queue_size or (4096 if small_images(backbone) else 65536)
         self.queue = KeyQueue(size, config.embed_dim)  # keys of the second views (queried by the first)
         # Symmetric loss: the first views' keys, queried by the second views (solo-learn's queue[0]).
         self.queue_sym = KeyQueue(size, config.embed_dim) if config.symmetric else None
@@ -126,9 +114,6 @@ class MoCo(Method):
         return RecipeChoice(
             "simclr", {"crop_scale": (0.2, 1.0), "grayscale_p": 0.2, "grayscale_first": True, "blur_p": 0.0, **jitter}
         )
-
-    def ema_pairs(self) -> list[tuple[nn.Module, nn.Module]]:
-        return [(self.backbone, self.key_backbone), (self.head, self.key_head)]
 
     def ema_momentum(self, progress: Progress) -> float:
         if self.config.ema_momentum_end is None:
@@ -157,11 +142,10 @@ class MoCo(Method):
         return {"loss": loss}
 
     def after_optimizer_step(self, progress: Progress) -> None:
-        if self._pending_keys is not None:
-            self.queue.enqueue(self._pending_keys[0])
-            if self.queue_sym is not None:
-                self.queue_sym.enqueue(self._pending_keys[1])
-            self._pending_keys = None
+        # The second view's keys go to queue, the first's (symmetric loss) to queue_sym.
+        for queue, keys in zip((self.queue, self.queue_sym), self._pending_keys or []):
+            queue.enqueue(keys)
+        self._pending_keys = None
 
     def keys(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """L2-normalized keys (float32 even under autocast: the queue holds unit vectors) of this

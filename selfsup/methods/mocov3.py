@@ -12,9 +12,10 @@ from torch import nn
 
 from ..errors import ConfigError
 from ..losses import mocov3_loss
-from ..nn import MLP, cosine_momentum, frozen_copy, gather, get_rank
+from ..nn import MLP, gather, get_rank
 from ..nn.backbones import is_vit
-from .base import Method, MethodConfig, Progress, RecipeChoice, mlp_dims
+from .base import Method, MethodConfig, RecipeChoice, mlp_dims
+from .byol import nearest_preset
 from .registry import register
 
 
@@ -39,15 +40,11 @@ class MoCoV3Config(MethodConfig):
     freeze_patch_embed: bool = True
     sync_bn: bool = True  # BN over the global batch when distributed (the official code converts to SyncBN)
 
-    def validate(self) -> None:
-        super().validate()
+    def validate_fields(self) -> None:
         if not 0.0 <= self.ema_momentum <= 1.0:
             raise ConfigError(f"ema_momentum must be in [0, 1], got {self.ema_momentum} (MoCo v3: 0.99).")
-        for name in ("embed_dim", "proj_hidden_dim", "pred_hidden_dim"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}.")
-        if self.proj_layers is not None and self.proj_layers < 1:
-            raise ConfigError(f"proj_layers must be >= 1 (or null), got {self.proj_layers}.")
+        self.check_positive("embed_dim", "proj_hidden_dim", "pred_hidden_dim")
+        self.check_positive("proj_layers", message="{name} must be >= 1 (or null), got {value}.")
 
 
 def freeze_patch_projection(backbone: nn.Module) -> nn.Module:
@@ -97,21 +94,17 @@ class MoCoV3(Method):
     resnet_presets = {100: (0.6, 1e-6, 0.99), 300: (0.3, 1e-6, 0.99), 1000: (0.3, 1.5e-6, 0.996)}
 
     @classmethod
-    def optim_defaults_for(cls, backbone: str) -> dict[str, Any]:
-        return dict(cls.vit_optim_defaults if is_vit(backbone) else cls.optim_defaults)
-
-    @classmethod
     def defaults_for(cls, backbone: str, epochs: int) -> dict[str, Any]:
         """ViTs: the ViT setup. ResNets: the setup nearest the epoch count on a log scale (up to
         173 epochs the 100-epoch one, up to 547 the 300-epoch one, then the 1,000-epoch one)."""
         if is_vit(backbone):
             return dict(cls.vit_optim_defaults)
-        anchor = min(cls.resnet_presets, key=lambda a: abs(math.log(max(epochs, 1) / a)))
-        lr, weight_decay, momentum = cls.resnet_presets[anchor]
+        lr, weight_decay, momentum = nearest_preset(cls.resnet_presets, epochs)
         return {**cls.optim_defaults, "lr": lr, "weight_decay": weight_decay, "method_args": {"ema_momentum": momentum}}
 
+    ema_targets = {"backbone": "key_backbone", "projector": "key_projector"}
+
     def __init__(self, backbone, config: MoCoV3Config) -> None:  # noqa: ANN001
-        config.validate()
         super().__init__(backbone, config)
         vit = is_vit(backbone)
         self.temperature = config.temperature if config.temperature is not None else (0.2 if vit else 1.0)
@@ -125,19 +118,12 @@ class MoCoV3(Method):
         self.predictor = MLP(
             config.embed_dim, config.pred_hidden_dim, config.embed_dim, 2, last_bn=vit, last_bn_affine=False
         )
-        self.key_backbone = frozen_copy(self.backbone)
-        self.key_projector = frozen_copy(self.projector)
+        self.make_ema_targets()
 
     def default_recipe(self, image_size: int) -> RecipeChoice:
         # BYOL's asymmetric views (blur 1.0 / 0.1, solarize 0 / 0.2), crop scale from 0.08 for ViTs
         # and 0.2 for ResNets (the official --crop-min of each reference setup).
         return RecipeChoice("byol", {} if is_vit(self.backbone) else {"crop_scale": (0.2, 1.0)})
-
-    def ema_pairs(self) -> list[tuple[nn.Module, nn.Module]]:
-        return [(self.backbone, self.key_backbone), (self.projector, self.key_projector)]
-
-    def ema_momentum(self, progress: Progress) -> float:
-        return cosine_momentum(self.config.ema_momentum, progress.fraction)
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -146,11 +132,8 @@ class MoCoV3(Method):
         }
 
     def forward(self, views: list[torch.Tensor], index: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-        x1, x2 = views[0], views[1]
-        q1 = self.predictor(self.projector(self.backbone(x1)))
-        q2 = self.predictor(self.projector(self.backbone(x2)))
+        q1, q2 = (self.predictor(self.projector(self.backbone(x))) for x in views[:2])
         with torch.no_grad():
-            k1 = gather(self.key_projector(self.key_backbone(x1)))
-            k2 = gather(self.key_projector(self.key_backbone(x2)))
-        loss = mocov3_loss(q1, q2, k1, k2, self.temperature, offset=get_rank() * x1.shape[0])
+            k1, k2 = (gather(self.key_projector(self.key_backbone(x))) for x in views[:2])
+        loss = mocov3_loss(q1, q2, k1, k2, self.temperature, offset=get_rank() * views[0].shape[0])
         return {"loss": loss}

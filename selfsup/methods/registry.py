@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any
 
 from ..config import from_dict
 from ..errors import ConfigError, closest
@@ -31,18 +31,14 @@ def get(name: str) -> type[Method]:
 
 
 def make_config(name: str, values: dict[str, Any] | None = None) -> MethodConfig:
-    cls = get(name)
-    return from_dict(cls.Config, dict(values or {}), f"method '{name}'")
+    return from_dict(get(name).Config, dict(values or {}), f"method '{name}'")
 
 
 def create(name: str, backbone: Backbone, **config: Any) -> Method:
     """Build method ``name`` around ``backbone`` with config overrides (unknown keys are errors)."""
-    cls = get(name)
-    return cls(backbone, make_config(name, config))
+    return get(name)(backbone, make_config(name, config))
 
 
 def descriptions() -> dict[str, str]:
     return {name: _METHODS[name].description for name in available()}
 
-
-Builder = Callable[..., Method]

@@ -11,8 +11,7 @@ import torch
 from ..errors import ConfigError
 from ..losses import nt_xent_anchors
 from ..nn import MLP, gather_with_grad, get_rank
-from ..nn.backbones import SMALL_IMAGE
-from .base import Method, MethodConfig, RecipeChoice, mlp_dims
+from .base import Method, MethodConfig, mlp_dims, small_images
 from .registry import register
 
 
@@ -37,8 +36,7 @@ class SimCLRConfig(MethodConfig):
     # no device's statistics can leak which of its samples are positives.
     sync_bn: bool = True
 
-    def validate(self) -> None:
-        super().validate()
+    def validate_fields(self) -> None:
         if self.proj_layers < 1 or self.proj_output_dim < 1 or (self.proj_hidden_dim is not None and self.proj_hidden_dim < 1):
             raise ConfigError("simclr proj_layers, proj_output_dim and proj_hidden_dim must be >= 1.")
 
@@ -61,9 +59,8 @@ class SimCLR(Method):
     optim_defaults = {"optimizer": "lars", "lr": 0.3, "weight_decay": 1e-6}
 
     def __init__(self, backbone, config: SimCLRConfig) -> None:  # noqa: ANN001
-        config.validate()
         super().__init__(backbone, config)
-        small = int(backbone.build_args.get("image_size", 224)) <= SMALL_IMAGE
+        small = small_images(backbone)
         self.temperature = config.temperature if config.temperature is not None else (0.5 if small else 0.1)
         self.projector = MLP(
             backbone.feature_dim, config.proj_hidden_dim or backbone.feature_dim, config.proj_output_dim,
@@ -73,9 +70,6 @@ class SimCLR(Method):
 
     def describe(self) -> dict[str, Any]:
         return {"temperature": self.temperature, "projector": mlp_dims(self.projector)}
-
-    def default_recipe(self, image_size: int) -> RecipeChoice:
-        return RecipeChoice("simclr")
 
     def forward(self, views: list[torch.Tensor], index: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         batch = views[0].shape[0]

@@ -11,8 +11,7 @@ import torch.nn.functional as F
 from ..errors import ConfigError
 from ..losses import normalized_output_std, simsiam_loss
 from ..nn import MLP, gather
-from ..nn.backbones import SMALL_IMAGE
-from .base import Method, MethodConfig, Progress, RecipeChoice, mlp_dims
+from .base import Method, MethodConfig, Progress, RecipeChoice, mlp_dims, small_images
 from .registry import register
 
 PREDICTORS = ("mlp", "none", "random", "moving_average")
@@ -43,14 +42,12 @@ class SimSiamConfig(MethodConfig):
     # BN statistics over the global batch when distributed (the official code uses SyncBatchNorm).
     sync_bn: bool = True
 
-    def validate(self) -> None:
-        super().validate()
+    def validate_fields(self) -> None:
         if self.predictor not in PREDICTORS:
             raise ConfigError(f"predictor must be one of {', '.join(PREDICTORS)}; got '{self.predictor}'.")
         if not 0.0 <= self.moving_average_momentum < 1.0:
             raise ConfigError(f"moving_average_momentum must be in [0, 1), got {self.moving_average_momentum} (paper: 0.8).")
-        if self.proj_layers is not None and self.proj_layers < 1:
-            raise ConfigError(f"proj_layers must be >= 1, got {self.proj_layers}.")
+        self.check_positive("proj_layers")
 
 
 @register
@@ -76,14 +73,16 @@ class SimSiam(Method):
     # SGD, momentum 0.9, base lr 0.05 per 256 images with a cosine decay and no warmup, weight
     # decay 1e-4 on every parameter (section 3, baseline settings; official main_simsiam.py).
     optim_defaults = {"optimizer": "sgd", "lr": 0.05, "weight_decay": 1e-4, "warmup_epochs": 0.0}
+    # MoCo v2's augmentations (appendix A; official main_simsiam.py): crop scale (0.2, 1),
+    # jitter (0.4, 0.4, 0.4, 0.1) p=0.8, grayscale 0.2, flip, and blur p=0.5 except on small
+    # images (the simclr recipe's own rule, also appendix D for CIFAR).
+    recipe = RecipeChoice("simclr", dict(crop_scale=(0.2, 1.0), brightness=0.4, contrast=0.4, saturation=0.4, hue=0.1))
 
     def __init__(self, backbone, config: SimSiamConfig) -> None:  # noqa: ANN001
-        config.validate()
         super().__init__(backbone, config)
         # BN on the output without affine parameters, as the official code (its output linear's
         # bias is unused before BN, so MLP drops it).
-        small = int(backbone.build_args.get("image_size", 224)) <= SMALL_IMAGE
-        self.proj_layers = config.proj_layers or (2 if small else 3)
+        self.proj_layers = config.proj_layers or (2 if small_images(backbone) else 3)
         self.projector = MLP(
             backbone.feature_dim, config.proj_hidden_dim, config.proj_output_dim,
             num_layers=self.proj_layers, last_bn=True, last_bn_affine=False,
@@ -97,13 +96,6 @@ class SimSiam(Method):
         # One target per training image; sized by bind_dataset (the engine knows the data).
         self.register_buffer("target_memory", torch.zeros(0, config.proj_output_dim))
         self._pending: tuple[torch.Tensor, torch.Tensor] | None = None
-
-    def default_recipe(self, image_size: int) -> RecipeChoice:
-        # MoCo v2's augmentations (appendix A; official main_simsiam.py): crop scale (0.2, 1),
-        # jitter (0.4, 0.4, 0.4, 0.1) p=0.8, grayscale 0.2, flip, and blur p=0.5 except on small
-        # images (the simclr recipe's own rule, also appendix D for CIFAR).
-        jitter = dict(brightness=0.4, contrast=0.4, saturation=0.4, hue=0.1)
-        return RecipeChoice("simclr", {"crop_scale": (0.2, 1.0), **jitter})
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -154,10 +146,10 @@ class SimSiam(Method):
 
     @torch.no_grad()
     def after_optimizer_step(self, progress: Progress) -> None:
-        if self._pending is None:
+        pending, self._pending = self._pending, None
+        if pending is None:
             return
-        index, rows = self._pending
-        self._pending = None
+        index, rows = pending
         # Every process writes every process's rows, so the memories stay identical.
         self.target_memory.index_copy_(0, gather(index), gather(rows).to(self.target_memory.dtype))
 

@@ -45,8 +45,7 @@ class SwAVConfig(MethodConfig):
     freeze_prototypes_epochs: float = 1.0
     sync_bn: bool = True  # BN over the global batch when distributed (official: --sync_bn pytorch)
 
-    def validate(self) -> None:
-        super().validate()
+    def validate_fields(self) -> None:
         if self.num_prototypes < 2:
             raise ConfigError(f"swav num_prototypes must be >= 2, got {self.num_prototypes}.")
         if self.epsilon <= 0 or self.sinkhorn_iterations < 1:

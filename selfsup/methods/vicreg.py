@@ -10,9 +10,9 @@ import torch
 
 from ..errors import ConfigError
 from ..losses import normalized_output_std, vicreg_terms
-from ..nn import MLP, gather_with_grad
+from ..nn import gather_with_grad
 from ..nn.backbones import SMALL_IMAGE
-from .barlow_twins import projector_width
+from .barlow_twins import projector_checks, wide_projector
 from .base import Method, MethodConfig, RecipeChoice, mlp_dims
 from .registry import register
 
@@ -33,14 +33,8 @@ class VICRegConfig(MethodConfig):
     variance_eps: float = 1e-4  # epsilon in sqrt(Var + eps) (eq. 1)
     sync_bn: bool = True  # BN over the global batch when distributed (the official code converts to SyncBatchNorm)
 
-    def validate(self) -> None:
-        super().validate()
-        for name in ("proj_hidden_dim", "proj_output_dim"):
-            value = getattr(self, name)
-            if value is not None and value < 1:
-                raise ConfigError(f"vicreg {name} must be >= 1 (or null for the default), got {value}.")
-        if self.proj_layers < 1:
-            raise ConfigError(f"vicreg proj_layers must be >= 1, got {self.proj_layers}.")
+    def validate_fields(self) -> None:
+        projector_checks(self, "vicreg")
         weights = (self.invariance_weight, self.variance_weight, self.covariance_weight)
         if min(weights) < 0 or max(weights) <= 0:
             raise ConfigError(f"vicreg loss weights must be >= 0 and not all 0; got {list(weights)} (paper: 25, 25, 1).")
@@ -70,11 +64,8 @@ class VICReg(Method):
     optim_defaults = {"optimizer": "lars", "lr": 0.2, "weight_decay": 1e-6}
 
     def __init__(self, backbone, config: VICRegConfig) -> None:  # noqa: ANN001
-        config.validate()
         super().__init__(backbone, config)
-        hidden = projector_width(config.proj_hidden_dim, backbone)
-        output = projector_width(config.proj_output_dim, backbone)
-        self.projector = MLP(backbone.feature_dim, hidden, output, num_layers=config.proj_layers)
+        self.projector = wide_projector(backbone, config)
 
     def describe(self) -> dict[str, Any]:
         c = self.config

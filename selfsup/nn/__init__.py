@@ -2,7 +2,7 @@
 
 from .backbones import Backbone, available_backbones, create_backbone, layer_norm_2d, register_backbone
 from .dist import all_reduce_mean, all_reduce_sum, all_reduce_sum_with_grad, gather, gather_with_grad
-from .dist import get_rank, get_world_size, is_distributed
+from .dist import get_rank, get_world_size, is_distributed, rank_slice
 from .ema import cosine_momentum, ema_update, frozen_copy
 from .heads import MLP
 
@@ -23,5 +23,6 @@ __all__ = [
     "get_world_size",
     "is_distributed",
     "layer_norm_2d",
+    "rank_slice",
     "register_backbone",
 ]

@@ -4,6 +4,7 @@ tiny convnet for fast CPU tests. Every backbone maps images ``(B, C, H, W)`` to 
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any, Callable
 
 import torch
@@ -77,6 +78,11 @@ def create_backbone(name: str, image_size: int = 32, in_channels: int = 3, **kwa
     return _BACKBONES[name](image_size=image_size, in_channels=in_channels, **kwargs)
 
 
+def _check_norm(norm: str) -> None:
+    if norm not in ("bn", "ln"):
+        raise ConfigError(f"backbone norm must be 'bn' or 'ln', got '{norm}'.")
+
+
 def layer_norm_2d(channels: int) -> nn.Module:
     """Layer normalisation over (C, H, W) of each sample, as CPC v2 uses instead of batch norm."""
     return nn.GroupNorm(1, channels)
@@ -107,8 +113,7 @@ def _resnet(
 ) -> Backbone:
     import torchvision
 
-    if norm not in ("bn", "ln"):
-        raise ConfigError(f"backbone norm must be 'bn' or 'ln', got '{norm}'.")
+    _check_norm(norm)
     if width < 1:
         raise ConfigError(f"backbone width must be >= 1 (64 is the standard ResNet), got {width}.")
     norm_layer = layer_norm_2d if norm == "ln" else None
@@ -132,19 +137,8 @@ def _resnet(
     return Backbone(model, feature_dim, f"resnet{depth}", args)
 
 
-@register_backbone("resnet18")
-def resnet18(image_size: int = 32, in_channels: int = 3, **kwargs: Any) -> Backbone:
-    return _resnet(18, image_size, in_channels, **kwargs)
-
-
-@register_backbone("resnet34")
-def resnet34(image_size: int = 32, in_channels: int = 3, **kwargs: Any) -> Backbone:
-    return _resnet(34, image_size, in_channels, **kwargs)
-
-
-@register_backbone("resnet50")
-def resnet50(image_size: int = 32, in_channels: int = 3, **kwargs: Any) -> Backbone:
-    return _resnet(50, image_size, in_channels, **kwargs)
+for _depth in (18, 34, 50):
+    register_backbone(f"resnet{_depth}")(partial(_resnet, _depth))
 
 
 class TinyConvNet(nn.Sequential):
@@ -173,8 +167,7 @@ class TinyConvNet(nn.Sequential):
 
 @register_backbone("tiny")
 def tiny(image_size: int = 32, in_channels: int = 3, width: int = 32, norm: str = "bn") -> Backbone:
-    if norm not in ("bn", "ln"):
-        raise ConfigError(f"backbone norm must be 'bn' or 'ln', got '{norm}'.")
+    _check_norm(norm)
     body = TinyConvNet(in_channels, width, norm)
     args = dict(image_size=image_size, in_channels=in_channels, width=width, norm=norm)
     return Backbone(body, body.out_channels, "tiny", args)
@@ -202,16 +195,10 @@ def _vit(
     return Backbone(model, model.num_features, timm_name, args)
 
 
-@register_backbone("vit_tiny")
-def vit_tiny(image_size: int = 32, in_channels: int = 3, **kwargs: Any) -> Backbone:
-    """ViT-Tiny (192-d, 12 blocks, 3 heads) from timm; patch 4 for <= 64 px images, else 16."""
-    return _vit("vit_tiny_patch16_224", image_size, in_channels, **kwargs)
-
-
-@register_backbone("vit_small")
-def vit_small(image_size: int = 32, in_channels: int = 3, **kwargs: Any) -> Backbone:
-    """ViT-Small (384-d, 12 blocks, 6 heads) from timm; patch 4 for <= 64 px images, else 16."""
-    return _vit("vit_small_patch16_224", image_size, in_channels, **kwargs)
+# ViT-Tiny (192-d, 12 blocks, 3 heads) and ViT-Small (384-d, 12 blocks, 6 heads) from timm; patch 4
+# for <= 64 px images, else 16.
+register_backbone("vit_tiny")(partial(_vit, "vit_tiny_patch16_224"))
+register_backbone("vit_small")(partial(_vit, "vit_small_patch16_224"))
 
 
 def forward_multicrop(backbone: nn.Module, views: list[torch.Tensor]) -> torch.Tensor:
@@ -226,21 +213,25 @@ def forward_multicrop(backbone: nn.Module, views: list[torch.Tensor]) -> torch.T
     return torch.cat(outputs)
 
 
+def small_images(backbone: Backbone) -> bool:
+    """Whether ``backbone`` was built for images of at most ``SMALL_IMAGE`` px (CIFAR-scale defaults)."""
+    return int(backbone.build_args.get("image_size", 224)) <= SMALL_IMAGE
+
+
 def find_encoder(method: nn.Module, name: str | None) -> nn.Module:
     """The backbone ``name`` of a method (a dotted attribute path, e.g. ``backbone.body.encoders.0``);
     by default the one its probes use (``method.eval_backbone``: e.g. DINO's teacher)."""
     if name is None:
         return getattr(method, "eval_backbone", method.backbone)
-    path = name
     module: nn.Module = method
-    for part in path.split("."):
+    for part in name.split("."):
         module = getattr(module, part, None)  # type: ignore[assignment]
         if module is None:
             break
     if not isinstance(module, Backbone):
         choices = sorted(n for n, m in method.named_modules() if isinstance(m, Backbone) and n)
         raise ConfigError(
-            f"method '{getattr(method, 'name', type(method).__name__)}' has no backbone '{path}'. "
+            f"method '{getattr(method, 'name', type(method).__name__)}' has no backbone '{name}'. "
             f"Its backbones: {', '.join(choices) or 'none'}."
         )
     return module

@@ -58,10 +58,5 @@ class ContextNetwork(nn.Sequential):
 
 def orient(grid: torch.Tensor, direction: str) -> torch.Tensor:
     """The grid turned so that predicting rows *below* means predicting in ``direction``."""
-    if direction == "down":
-        return grid
-    if direction == "up":
-        return grid.flip(2)
-    if direction == "right":
-        return grid.transpose(2, 3)
-    return grid.transpose(2, 3).flip(2)  # "left"
+    turned = grid.transpose(2, 3) if direction in ("right", "left") else grid  # columns become rows
+    return turned.flip(2) if direction in ("up", "left") else turned  # bottom-up

@@ -18,6 +18,24 @@ def get_world_size() -> int:
     return dist.get_world_size() if is_distributed() else 1
 
 
+def rank_slice(tensor: torch.Tensor, batch: int) -> torch.Tensor:
+    """This process's ``batch`` rows of a tensor drawn for the global batch (rank order)."""
+    return tensor[get_rank() * batch : (get_rank() + 1) * batch]
+
+
+def _all_gather(tensor: torch.Tensor) -> torch.Tensor:
+    parts = [torch.empty_like(tensor) for _ in range(dist.get_world_size())]
+    dist.all_gather(parts, tensor.contiguous())
+    return torch.cat(parts)
+
+
+def _summed(tensor: torch.Tensor) -> torch.Tensor:
+    """A copy of ``tensor`` summed over the ranks."""
+    out = tensor.contiguous().clone()
+    dist.all_reduce(out)
+    return out
+
+
 class _GatherWithGrad(torch.autograd.Function):
     """All-gather whose backward sends each rank the gradient of its own slice, summed over the
     ranks whose losses used it (so DDP's averaging yields the single-process gradient)."""
@@ -25,9 +43,7 @@ class _GatherWithGrad(torch.autograd.Function):
     @staticmethod
     def forward(ctx, tensor: torch.Tensor) -> torch.Tensor:  # noqa: ANN001
         ctx.batch = tensor.shape[0]
-        parts = [torch.empty_like(tensor) for _ in range(dist.get_world_size())]
-        dist.all_gather(parts, tensor.contiguous())
-        return torch.cat(parts)
+        return _all_gather(tensor)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> torch.Tensor:  # noqa: ANN001
@@ -45,55 +61,35 @@ class _AllReduceSum(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, tensor: torch.Tensor) -> torch.Tensor:  # noqa: ANN001
-        out = tensor.clone()
-        dist.all_reduce(out)
-        return out
+        return _summed(tensor)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> torch.Tensor:  # noqa: ANN001
-        grad = grad.contiguous().clone()
-        dist.all_reduce(grad)
-        return grad
+        return _summed(grad)
 
 
 def all_reduce_sum_with_grad(tensor: torch.Tensor) -> torch.Tensor:
     """The sum of ``tensor`` over all ranks, differentiably (global batch-norm statistics);
     identity on one process."""
-    if not is_distributed():
-        return tensor
-    return _AllReduceSum.apply(tensor)
+    return _AllReduceSum.apply(tensor) if is_distributed() else tensor
 
 
 def gather_with_grad(tensor: torch.Tensor) -> torch.Tensor:
     """Concatenate ``tensor`` from all ranks along dim 0, differentiably; identity on one process."""
-    if not is_distributed():
-        return tensor
-    return _GatherWithGrad.apply(tensor)
+    return _GatherWithGrad.apply(tensor) if is_distributed() else tensor
 
 
 @torch.no_grad()
 def gather(tensor: torch.Tensor) -> torch.Tensor:
     """Concatenate ``tensor`` from all ranks along dim 0 (no gradient)."""
-    if not is_distributed():
-        return tensor
-    parts = [torch.empty_like(tensor) for _ in range(dist.get_world_size())]
-    dist.all_gather(parts, tensor.contiguous())
-    return torch.cat(parts)
+    return _all_gather(tensor) if is_distributed() else tensor
 
 
 @torch.no_grad()
 def all_reduce_mean(tensor: torch.Tensor) -> torch.Tensor:
-    if not is_distributed():
-        return tensor
-    out = tensor.clone()
-    dist.all_reduce(out)
-    return out / dist.get_world_size()
+    return _summed(tensor) / dist.get_world_size() if is_distributed() else tensor
 
 
 @torch.no_grad()
 def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
-    if not is_distributed():
-        return tensor
-    out = tensor.clone()
-    dist.all_reduce(out)
-    return out
+    return _summed(tensor) if is_distributed() else tensor

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -45,7 +47,6 @@ class MLP(nn.Sequential):
                 bn.register_parameter("bias", None)  # a scale (gamma) without a shift (beta)
             layers.append(bn)
         super().__init__(*layers)
-        self.out_dim = out_dim
 
 
 class WeightNormLinear(nn.Module):
@@ -94,6 +95,18 @@ class DINOHead(nn.Module):
             return F.normalize(x.float(), dim=-1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        z = self.embed(x)
-        with torch.autocast(device_type=z.device.type, enabled=False):
-            return self.last_layer(z)
+        return self.last_layer(self.embed(x))  # float32: the last layer runs outside autocast
+
+
+def mlp_dims(module: nn.Module) -> dict[str, Any]:
+    """A head's shape for descriptions: the widths of its linear layers and where its BNs are
+    (``last_bn``: "affine", "scale" (no shift), "plain" or None)."""
+    linears = [m for m in module.modules() if isinstance(m, nn.Linear)]
+    norms = [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    children = list(module.children())
+    last = children[-1] if children else None
+    last_bn = None
+    if isinstance(last, nn.modules.batchnorm._BatchNorm):
+        last_bn = "plain" if last.weight is None else ("scale" if last.bias is None else "affine")
+    dims = [linears[0].in_features] + [m.out_features for m in linears] if linears else []
+    return {"dims": dims, "batch_norms": len(norms), "last_bn": last_bn}

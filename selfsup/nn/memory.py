@@ -20,6 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .dist import get_world_size, rank_slice
+
 
 def random_unit_vectors(size: int, dim: int, device: torch.device | str | None = None) -> torch.Tensor:
     """``size`` vectors drawn uniformly on the unit sphere of R^dim (normalized Gaussians)."""
@@ -74,6 +76,11 @@ class MemoryBank(nn.Module):
         """``(batch, count)`` indices drawn uniformly (with replacement) from ``0 .. size - 1``,
         from the default generator of the bank's device (saved in the engine's checkpoints)."""
         return torch.randint(0, self.size, (batch, count), device=self.bank.device)
+
+    def sample_local(self, batch: int, count: int) -> torch.Tensor:
+        """This process's ``(batch, count)`` rows of a :meth:`sample` for the global batch: every
+        rank draws the same indices from the same generator state and keeps its own rows."""
+        return rank_slice(self.sample(batch * get_world_size(), count), batch)
 
     def similarity(self, features: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
         """``features . v_j`` for the rows ``index``: ``(B, D)`` and ``(B, K)`` -> float32 ``(B, K)``.

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ConfigError
-from .dist import gather, get_rank, get_world_size, is_distributed
+from .dist import gather, get_rank, get_world_size, is_distributed, rank_slice
 
 __all__ = ["SubBatchNorm", "shuffle_groups", "shuffled_forward", "split_batchnorms"]
 
@@ -54,8 +54,7 @@ class SubBatchNorm(nn.Module):
         groups, (n, c), rest = self.groups, x.shape[:2], x.shape[2:]
         b = n // groups
         y = x.reshape(groups, b, c, *rest).transpose(0, 1).reshape(b, groups * c, *rest)
-        weight = self.weight.repeat(groups) if self.weight is not None else None
-        bias = self.bias.repeat(groups) if self.bias is not None else None
+        weight, bias = (p.repeat(groups) if p is not None else None for p in (self.weight, self.bias))
         y = F.batch_norm(y, None, None, weight, bias, True, 0.0, self.eps)
         return y.reshape(b, groups, c, *rest).transpose(0, 1).reshape(n, c, *rest)
 
@@ -109,4 +108,4 @@ def shuffled_forward(
     mine = order.view(world, batch)[rank]
     shuffled = gather(encode(everything[mine]))
     all_keys = torch.empty_like(shuffled).index_copy_(0, order, shuffled)  # undo the shuffle
-    return all_keys[rank * batch : (rank + 1) * batch], all_keys
+    return rank_slice(all_keys, batch), all_keys
