@@ -77,8 +77,7 @@ class OnlineProbe:
             features = method.representation(view).float()
         logits = self.head(features)
         loss = torch.nn.functional.cross_entropy(logits[keep], labels[keep])
-        for group in self.optimizer.param_groups:
-            group["lr"] = 0.1 * lr_factor
+        apply_schedule(self.optimizer, 0.1 * lr_factor, None)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if self.synchronized:
@@ -146,8 +145,9 @@ class Loop:
         """Forward, backward, optimizer step and the method's hooks on ready views."""
         config, progress = self.config, Progress(self.state.step, self.total_steps, self.steps_per_epoch)
         self.method.progress = progress
-        lr = float(self.lr_schedule[min(self.state.step, len(self.lr_schedule) - 1)])
-        wd = float(self.wd_schedule[min(self.state.step, len(self.wd_schedule) - 1)]) if self.wd_schedule is not None else None
+        i = min(self.state.step, len(self.lr_schedule) - 1)  # both schedules span the planned run (build.py)
+        lr = float(self.lr_schedule[i])
+        wd = float(self.wd_schedule[i]) if self.wd_schedule is not None else None
         apply_schedule(self.optimizer, lr, wd)
         amp = self.compute.autocast_dtype
         context = torch.autocast(self.device.type, dtype=amp) if amp else nullcontext()
@@ -166,8 +166,7 @@ class Loop:
         self.method.before_optimizer_step(progress)
         self.optimizer.step()
         distributed.average_batchnorm_statistics(self.local_bns)  # every rank's BN statistics alike
-        pairs = self.method.ema_pairs()
-        if pairs:
+        if pairs := self.method.ema_pairs():
             momentum = self.method.ema_momentum(progress)
             for online, target in pairs:
                 ema_update(online, target, momentum)
@@ -195,15 +194,14 @@ class Loop:
                     loss, out = self.train_step(batch.images, batch.index, batch.labels)
                     # Check the previous step's loss now that this step is queued: the host sync
                     # then waits for work that is already done, so the device never idles.
-                    if pending is not None:
-                        self._check_finite(*pending)
+                    self._check_finite(pending)
                     pending = (state.step, loss)
                     interval_loss += torch.where(torch.isfinite(loss), loss, 0.0)
                     interval_steps += 1
                     state.step += 1
                     state.step_in_epoch += 1
                     if state.step % config.log_every == 0 or state.step == self.total_steps:
-                        self._check_finite(*pending)
+                        self._check_finite(pending)
                         elapsed = max(time.perf_counter() - interval_start, 1e-9)
                         loss_sum, scalars = self._interval_means(interval_loss, out)
                         record = {
@@ -220,20 +218,17 @@ class Loop:
                         interval_steps, interval_start = 0, time.perf_counter()
                     every = config.checkpoint_every_steps
                     if every and state.step % every == 0 and state.step < self.total_steps:
-                        self._check_finite(*pending)
+                        self._check_finite(pending)
                         self.save_checkpoint()
                     if self.run.stop_requested(state.step, self.device):
                         self._stop_for_signal(pending)
                     if state.step >= self.total_steps:
                         break
-                if pending is not None:
-                    self._check_finite(*pending)
+                self._check_finite(pending)
                 if state.step_in_epoch >= self.steps_per_epoch:
                     state.epoch += 1
                     state.step_in_epoch = 0
                 self._end_of_epoch(bar)
-                if state.step >= self.total_steps:
-                    break
         finally:
             bar.close()
 
@@ -244,13 +239,14 @@ class Loop:
         the number of processes."""
         names = [k for k, v in out.items() if k != "loss" and torch.is_tensor(v) and v.numel() == 1]
         values = [loss_sum.float().reshape(())] + [out[k].detach().float().reshape(()).to(loss_sum.device) for k in names]
-        packed = all_reduce_mean(torch.stack(values)) if self.world_size > 1 else torch.stack(values)
-        numbers = packed.tolist()
+        numbers = all_reduce_mean(torch.stack(values)).tolist()  # the tensor itself on one process
         return numbers[0], dict(zip(names, numbers[1:]))
 
-    def _check_finite(self, step: int, loss: torch.Tensor) -> None:
-        if self.config.skip_nonfinite:
+    def _check_finite(self, pending: tuple[int, torch.Tensor] | None) -> None:
+        """Raise on a non-finite loss of ``(step, loss)`` (None before the first step)."""
+        if self.config.skip_nonfinite or pending is None:
             return
+        step, loss = pending
         value = float(loss)
         if not math.isfinite(value):
             last = self.run.checkpoints()
@@ -268,19 +264,17 @@ class Loop:
 
     def _end_of_epoch(self, bar: ProgressBar) -> None:
         config, state = self.config, self.state
-        finished = state.epoch >= config.epochs or state.step >= self.total_steps
-        if config.eval_every and state.epoch % config.eval_every == 0 and state.step_in_epoch == 0 and not finished:
-            result = self.knn_logged()
-            if result:
-                state.best_knn = max(state.best_knn, result["top1"])
-                if self.is_main:
-                    bar.write(f"epoch {state.epoch}: kNN top-1 {100 * result['top1']:.2f}%")
-        if config.checkpoint_every and state.step_in_epoch == 0 and state.epoch % config.checkpoint_every == 0 and not finished:
+        if state.step_in_epoch or state.epoch >= config.epochs or state.step >= self.total_steps:
+            return  # mid-epoch, or the run's end (where fit's final kNN and checkpoint follow)
+        if config.eval_every and state.epoch % config.eval_every == 0 and (result := self.knn_logged()):
+            state.best_knn = max(state.best_knn, result["top1"])
+            if self.is_main:
+                bar.write(f"epoch {state.epoch}: kNN top-1 {100 * result['top1']:.2f}%")
+        if config.checkpoint_every and state.epoch % config.checkpoint_every == 0:
             self.save_checkpoint()
 
     def _stop_for_signal(self, pending: tuple[int, torch.Tensor] | None) -> None:
-        if pending is not None:
-            self._check_finite(*pending)
+        self._check_finite(pending)
         path = self.save_checkpoint() or ckpt.checkpoint_path(self.run.path, self.state.step)
         signum = int(self.run.signals.signum or signal.SIGINT)
         raise TrainingInterrupted(
@@ -294,18 +288,17 @@ class Loop:
     def save_checkpoint(self) -> Path | None:
         """Write a checkpoint (rank 0; the others check the parameters only, so that every rank
         stops alike on NaN). Returns its path (None on the other ranks)."""
-        if not self.is_main:
-            return self.run.save({"model": self.method.state_dict()}, self.state.step, self.config.keep_checkpoints)
-        state = {
-            "model": self.method.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "run_state": self.state.__dict__.copy(),
-            "rng": ckpt.rng_states(self.device, self.augment_generator),
-            "config": self.config.to_dict(),
-            "image_size": self.image_size,
-        }
-        if self.online_probe is not None:
-            state["online_probe"] = self.online_probe.state_dict()
+        state: dict[str, Any] = {"model": self.method.state_dict()}
+        if self.is_main:
+            state.update(
+                optimizer=self.optimizer.state_dict(),
+                run_state=self.state.__dict__.copy(),
+                rng=ckpt.rng_states(self.device, self.augment_generator),
+                config=self.config.to_dict(),
+                image_size=self.image_size,
+            )
+            if self.online_probe is not None:
+                state["online_probe"] = self.online_probe.state_dict()
         return self.run.save(state, self.state.step, self.config.keep_checkpoints)
 
     def restore(self, path: Path, state: dict[str, Any]) -> None:

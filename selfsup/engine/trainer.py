@@ -49,10 +49,8 @@ class Trainer(Loop):
             configure_cpu_threads()
         self.compute = choose_compute(config.precision, config.channels_last, device)
         if self.is_main:
-            print(f"selfsup: computing in {self.compute.reason}", file=sys.stderr)
-            for line in (defaults_note, init_note(config.init) if config.init else None):
-                if line:
-                    print(line, file=sys.stderr)
+            notes = filter(None, (defaults_note, config.init and init_note(config.init)))
+            print(f"selfsup: computing in {self.compute.reason}", *notes, sep="\n", file=sys.stderr)
         if config.deterministic:
             torch.use_deterministic_algorithms(True, warn_only=True)
         if device.type == "cuda":
@@ -151,12 +149,8 @@ class Trainer(Loop):
             result = self.knn_logged(random_init=True)
             self.state.knn_random = result["top1"] if result else None
         self.train_epochs()
-        result = self._final(time.time() - start_time)
-        self.run.logger.close()
-        return result
-
-    def _final(self, wall_time: float) -> dict[str, Any]:
-        """The last kNN and checkpoint, and the run's summary (``summary.json``)."""
+        wall_time = time.time() - start_time
+        # The end: the last kNN and checkpoint, and the run's summary (summary.json).
         config, state = self.config, self.state
         result = self.knn_logged() if config.eval_every is not None else None
         if result:
@@ -188,6 +182,7 @@ class Trainer(Loop):
         }
         if self.is_main:
             ckpt.atomic_write_bytes(self.run_dir / "summary.json", json.dumps(summary, indent=2).encode())
+        self.run.logger.close()
         return summary
 
 
